@@ -1,0 +1,319 @@
+//! The data model: sensor ids, points, batches of points and time ranges.
+//!
+//! A point is `(timestamp_ms, value, quality)` of one sensor. Timestamps are
+//! epoch milliseconds (negative before 1970), values any `f64` kept bit-exactly
+//! (including `-0.0`, subnormals, NaN payloads and infinities), quality an
+//! OPC-style byte.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// OPC-style quality codes. Any byte is accepted and kept; these are the usual ones.
+pub mod quality {
+    /// The reading is good.
+    pub const GOOD: u8 = 192;
+    /// The reading is uncertain (a sensor drifting, a value substituted).
+    pub const UNCERTAIN: u8 = 64;
+    /// The reading is bad (a sensor failure, a communication loss).
+    pub const BAD: u8 = 0;
+}
+
+/// The earliest timestamp the engine accepts: -9999-01-01T00:00:00Z.
+///
+/// Bounded to what RFC 3339 can write, so every stored point can be shown as a
+/// calendar time, and so `i64::MIN`/`i64::MAX` stay free as open range ends.
+pub const MIN_TIMESTAMP_MS: i64 = -377_705_116_800_000;
+/// The latest timestamp the engine accepts: 9999-12-31T23:59:59.999Z.
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
+/// Maximum length of a sensor id in bytes.
+pub const MAX_SENSOR_ID_LEN: usize = 255;
+
+/// The id of a sensor: 1 to 255 bytes of UTF-8 without control characters.
+///
+/// Real tag names contain `/`, `.`, `:`, spaces, commas, quotes and non-ASCII
+/// letters (`Kessel Ü1/Temperatur`); all are valid. Cloning is cheap (`Arc<str>`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SensorId(Arc<str>);
+
+/// Why a string is not a valid [`SensorId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSensorId {
+    #[error("sensor id is empty")]
+    Empty,
+    #[error("sensor id is {0} bytes long; at most 255 are allowed")]
+    TooLong(usize),
+    #[error("sensor id contains the control character U+{0:04X}")]
+    ControlCharacter(u32),
+}
+
+impl SensorId {
+    /// Validates and wraps a sensor id.
+    pub fn new(id: &str) -> Result<Self, InvalidSensorId> {
+        if id.is_empty() {
+            return Err(InvalidSensorId::Empty);
+        }
+        if id.len() > MAX_SENSOR_ID_LEN {
+            return Err(InvalidSensorId::TooLong(id.len()));
+        }
+        if let Some(c) = id.chars().find(|c| c.is_control()) {
+            return Err(InvalidSensorId::ControlCharacter(c as u32));
+        }
+        Ok(Self(Arc::from(id)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SensorId {
+    type Err = InvalidSensorId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for SensorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SensorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl AsRef<str> for SensorId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One reading of one sensor.
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    pub timestamp_ms: i64,
+    pub value: f64,
+    pub quality: u8,
+}
+
+impl PartialEq for Point {
+    /// Bit-exact: `NaN == NaN` when the bits agree, `-0.0 != 0.0`.
+    fn eq(&self, other: &Self) -> bool {
+        self.timestamp_ms == other.timestamp_ms
+            && self.value.to_bits() == other.value.to_bits()
+            && self.quality == other.quality
+    }
+}
+impl Eq for Point {}
+
+/// A point addressed to a sensor: the unit of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub sensor_id: SensorId,
+    pub point: Point,
+}
+
+/// Points of one sensor in columns, the unit a scan yields.
+///
+/// Columnar because every consumer wants columns: the CSV encoder walks them
+/// in lock step, the chart takes `[[xs], [ys]]`, the codec compresses each.
+/// Within a scan, batches are in strictly increasing timestamp order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PointBatch {
+    pub timestamps: Vec<i64>,
+    pub values: Vec<f64>,
+    pub qualities: Vec<u8>,
+}
+
+impl PointBatch {
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            timestamps: Vec::with_capacity(capacity),
+            values: Vec::with_capacity(capacity),
+            qualities: Vec::with_capacity(capacity),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.timestamps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timestamps.is_empty()
+    }
+
+    pub fn push(&mut self, point: Point) {
+        self.timestamps.push(point.timestamp_ms);
+        self.values.push(point.value);
+        self.qualities.push(point.quality);
+    }
+
+    pub fn clear(&mut self) {
+        self.timestamps.clear();
+        self.values.clear();
+        self.qualities.clear();
+    }
+
+    pub fn point(&self, index: usize) -> Point {
+        Point {
+            timestamp_ms: self.timestamps[index],
+            value: self.values[index],
+            quality: self.qualities[index],
+        }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Point> + '_ {
+        (0..self.len()).map(|i| self.point(i))
+    }
+}
+
+impl FromIterator<Point> for PointBatch {
+    fn from_iter<I: IntoIterator<Item = Point>>(iter: I) -> Self {
+        let mut batch = PointBatch::default();
+        for point in iter {
+            batch.push(point);
+        }
+        batch
+    }
+}
+
+/// A half-open time range `[start_ms, end_ms)`: start inclusive, end exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl TimeRange {
+    /// Every representable point.
+    pub const ALL: TimeRange = TimeRange {
+        start_ms: i64::MIN,
+        end_ms: i64::MAX,
+    };
+
+    /// `[start_ms, end_ms)`; `None` when `start_ms > end_ms` (inverted).
+    pub fn new(start_ms: i64, end_ms: i64) -> Option<Self> {
+        (start_ms <= end_ms).then_some(Self { start_ms, end_ms })
+    }
+
+    pub fn contains(&self, timestamp_ms: i64) -> bool {
+        self.start_ms <= timestamp_ms && timestamp_ms < self.end_ms
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start_ms >= self.end_ms
+    }
+}
+
+/// Why a timestamp string was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTimestamp {
+    #[error("{0:?} is neither epoch milliseconds nor an RFC 3339 time")]
+    Unparsable(String),
+    #[error("{0} is outside the supported range (years -9999 to 9999)")]
+    OutOfRange(i128),
+}
+
+/// Checks that a timestamp lies in `[MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS]`.
+pub fn check_timestamp(timestamp_ms: i64) -> Result<i64, InvalidTimestamp> {
+    if (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&timestamp_ms) {
+        Ok(timestamp_ms)
+    } else {
+        Err(InvalidTimestamp::OutOfRange(timestamp_ms.into()))
+    }
+}
+
+/// Parses a timestamp given as epoch milliseconds (`1767225600000`, `-5`) or
+/// as RFC 3339 (`2026-01-01T00:00:00Z`, `2026-01-01T01:00:00.250+01:00`).
+pub fn parse_timestamp(text: &str) -> Result<i64, InvalidTimestamp> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i128>() {
+        return match i64::try_from(ms) {
+            Ok(ms) => check_timestamp(ms),
+            Err(_) => Err(InvalidTimestamp::OutOfRange(ms)),
+        };
+    }
+    match text.parse::<jiff::Timestamp>() {
+        Ok(ts) => check_timestamp(ts.as_millisecond()),
+        Err(_) => Err(InvalidTimestamp::Unparsable(text.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensor_ids_accept_real_tag_names_and_reject_control_characters() {
+        for id in [
+            "Kessel Ü1/Temperatur",
+            "plant.a:line-1,\"quoted\"",
+            "x",
+            &"é".repeat(127),
+        ] {
+            assert_eq!(SensorId::new(id).unwrap().as_str(), id);
+        }
+        assert_eq!(SensorId::new(""), Err(InvalidSensorId::Empty));
+        assert_eq!(
+            SensorId::new(&"a".repeat(256)),
+            Err(InvalidSensorId::TooLong(256))
+        );
+        assert_eq!(
+            SensorId::new("a\tb"),
+            Err(InvalidSensorId::ControlCharacter(9))
+        );
+        assert_eq!(
+            SensorId::new("a\u{7f}"),
+            Err(InvalidSensorId::ControlCharacter(0x7f))
+        );
+    }
+
+    #[test]
+    fn timestamps_parse_from_milliseconds_and_rfc3339() {
+        assert_eq!(parse_timestamp("1767225600000"), Ok(1_767_225_600_000));
+        assert_eq!(parse_timestamp("-1"), Ok(-1));
+        assert_eq!(
+            parse_timestamp("2026-01-01T01:00:00.250+01:00"),
+            Ok(1_767_225_600_250)
+        );
+        assert_eq!(
+            parse_timestamp("1969-12-31T23:59:59.999Z"),
+            Ok(-1),
+            "before 1970 is valid"
+        );
+        assert_eq!(
+            parse_timestamp(&MAX_TIMESTAMP_MS.to_string()),
+            Ok(MAX_TIMESTAMP_MS)
+        );
+        assert_eq!(
+            parse_timestamp("-9999-01-01T00:00:00Z"),
+            Ok(MIN_TIMESTAMP_MS)
+        );
+        assert!(matches!(
+            parse_timestamp("253402300800000"),
+            Err(InvalidTimestamp::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_timestamp("99999999999999999999999"),
+            Err(InvalidTimestamp::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_timestamp("yesterday"),
+            Err(InvalidTimestamp::Unparsable(_))
+        ));
+    }
+
+    #[test]
+    fn time_ranges_are_half_open() {
+        let range = TimeRange::new(10, 20).unwrap();
+        assert!(range.contains(10) && range.contains(19));
+        assert!(!range.contains(20) && !range.contains(9));
+        assert!(TimeRange::new(20, 10).is_none());
+        assert!(TimeRange::new(5, 5).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,113 @@
+//! The storage contract: [`StorageEngine`], the only thing export, API and
+//! ingest code may depend on.
+//!
+//! Implementations:
+//! - [`embedded`]: the default, a persistent store in a data directory
+//!   (write-ahead log + compressed per-sensor blocks in redb).
+//!
+//! Every implementation must pass the backend conformance suite in
+//! `tests/it/conformance.rs`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use crate::model::{PointBatch, Sample, SensorId, TimeRange};
+
+pub mod embedded;
+
+/// A stream of point batches of one sensor, in strictly increasing timestamp
+/// order across batches, each batch non-empty.
+///
+/// The stream owns everything it needs (`'static`), so it can be handed to an
+/// HTTP body. Dropping it stops the scan.
+pub type PointStream = BoxStream<'static, Result<PointBatch, StorageError>>;
+
+/// What the store knows about one sensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorInfo {
+    pub sensor_id: SensorId,
+    /// Number of distinct timestamps stored.
+    pub count: u64,
+    /// Earliest stored timestamp.
+    pub first_timestamp_ms: i64,
+    /// Latest stored timestamp.
+    pub last_timestamp_ms: i64,
+}
+
+/// The outcome of a successful [`StorageEngine::import`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Points read from the source (a point written twice counts twice).
+    pub points: u64,
+}
+
+/// Errors at the storage boundary. Mapped to HTTP and gRPC status in one place
+/// each (`http::error`, `grpc`).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The caller's input was rejected (a malformed import row, an
+    /// out-of-range timestamp). Nothing of the request was stored.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Another process holds the data directory.
+    #[error("data directory {path} is in use by another process")]
+    Locked { path: String },
+    /// Stored data failed a consistency check.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// An error of the backend's own (redb, PostgreSQL).
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// The store was shut down, or a failure earlier made it refuse writes.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A time-series store of sensor points.
+///
+/// Semantics every implementation keeps (checked by the conformance suite):
+/// - A point is identified by `(sensor_id, timestamp_ms)`; writing it again
+///   replaces it (the later write wins), so replays are idempotent.
+/// - Values are kept bit-exactly.
+/// - A write that returned `Ok` is durable.
+/// - Points may arrive in any order; scans return them in timestamp order.
+#[async_trait]
+pub trait StorageEngine: Send + Sync + 'static {
+    /// Writes a batch of points, of any sensors, atomically and durably.
+    ///
+    /// Timestamps outside `[MIN_TIMESTAMP_MS, MAX_TIMESTAMP_MS]` reject the
+    /// whole batch with [`StorageError::InvalidInput`].
+    async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError>;
+
+    /// Streams one sensor's points in `range`, in timestamp order, without
+    /// materialising the range. An unknown sensor yields an empty stream: ask
+    /// [`StorageEngine::sensor`] first to tell "unknown" from "empty range".
+    fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream;
+
+    /// Every sensor with its point count and time span, ordered by id.
+    async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError>;
+
+    /// One sensor, or `None` when it has no points.
+    async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError>;
+
+    /// Loads a stream of batches into one sensor, all or nothing: if the
+    /// stream yields an error, or the store fails, nothing of it is kept and
+    /// that error is returned. The stream may be far larger than memory.
+    async fn import(
+        &self,
+        sensor_id: &SensorId,
+        batches: PointStream,
+    ) -> Result<ImportSummary, StorageError>;
+
+    /// Makes everything written so far durable in the store's main structure
+    /// and releases resources. Writes after `close` fail with
+    /// [`StorageError::Closed`].
+    async fn close(&self) -> Result<(), StorageError>;
+}
+
+/// How the transports hold a store: shared, behind the trait.
+pub type SharedStorage = Arc<dyn StorageEngine>;
