@@ -19,13 +19,15 @@ pub mod quality {
     pub const BAD: u8 = 0;
 }
 
-/// The earliest timestamp the engine accepts: -9999-01-01T00:00:00Z.
+/// The earliest timestamp the engine accepts: 0000-01-01T00:00:00Z.
 ///
-/// Bounded to what RFC 3339 can write, so every stored point can be shown as a
-/// calendar time, and so `i64::MIN`/`i64::MAX` stay free as open range ends.
-pub const MIN_TIMESTAMP_MS: i64 = -377_705_116_800_000;
-/// The latest timestamp the engine accepts: 9999-12-31T23:59:59.999Z.
-pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+/// Bounded so every stored point can be written as a calendar time in any
+/// zone (RFC 3339, the `time_local` column), and so `i64::MIN`/`i64::MAX`
+/// stay free as open range ends.
+pub const MIN_TIMESTAMP_MS: i64 = -62_167_219_200_000;
+/// The latest timestamp the engine accepts: 9999-12-29T23:59:59.999Z (the
+/// last day that is still year 9999 in every time zone).
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_127_999_999;
 
 /// Maximum length of a sensor id in bytes.
 pub const MAX_SENSOR_ID_LEN: usize = 255;
@@ -215,7 +217,7 @@ impl TimeRange {
 pub enum InvalidTimestamp {
     #[error("{0:?} is neither epoch milliseconds nor an RFC 3339 time")]
     Unparsable(String),
-    #[error("{0} is outside the supported range (years -9999 to 9999)")]
+    #[error("{0} is outside the supported range (0000-01-01 to 9999-12-29)")]
     OutOfRange(i128),
 }
 
@@ -291,11 +293,11 @@ mod tests {
             Ok(MAX_TIMESTAMP_MS)
         );
         assert_eq!(
-            parse_timestamp("-9999-01-01T00:00:00Z"),
+            parse_timestamp("0000-01-01T00:00:00Z"),
             Ok(MIN_TIMESTAMP_MS)
         );
         assert!(matches!(
-            parse_timestamp("253402300800000"),
+            parse_timestamp("253402128000000"),
             Err(InvalidTimestamp::OutOfRange(_))
         ));
         assert!(matches!(
