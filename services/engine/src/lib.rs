@@ -12,4 +12,5 @@
 pub mod cli;
 pub mod csv_format;
 pub mod model;
+pub mod server;
 pub mod storage;
