@@ -1,0 +1,8 @@
+//! The engine's one integration-test binary (one link, one place to look).
+
+mod support;
+
+mod cli;
+mod conformance;
+mod crash;
+mod recovery;
