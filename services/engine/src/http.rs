@@ -132,6 +132,26 @@ async fn api_not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_owned())
 }
 
+/// Serves the whole HTTP API over `storage` on `listener` until `shutdown`
+/// resolves: what `engine serve` runs. A missing `web_dir` is logged and the
+/// API served alone.
+pub async fn serve_api(
+    listener: TcpListener,
+    storage: SharedStorage,
+    config: &HttpConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let web_dir = config.web_dir.as_deref().filter(|dir| {
+        let found = dir.join("index.html").is_file();
+        if !found {
+            tracing::warn!(dir = %dir.display(), "no dashboard build here (index.html); serving the API only");
+        }
+        found
+    });
+    let app = router(AppState::new(storage, config), web_dir);
+    serve(listener, app, config, shutdown).await
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting,
 /// lets running requests finish for up to `config.shutdown_grace`, drops what
 /// is left and returns.
@@ -153,7 +173,7 @@ pub async fn serve(
     // aborted instead of outliving the server.
     let mut connections = JoinSet::new();
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "HTTP server listening");
+    tracing::debug!(addr = ?local, "HTTP server accepting");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -197,33 +217,4 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM, whichever comes first.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received");
 }

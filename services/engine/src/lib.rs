@@ -17,4 +17,5 @@ pub mod export;
 pub mod http;
 pub mod model;
 pub mod series;
+pub mod server;
 pub mod storage;
