@@ -234,10 +234,9 @@ async fn excel_options_bom_semicolon_and_local_time() {
     );
 }
 
-fn big_store(n: usize) -> Arc<MemStore> {
-    let store = MemStore::shared(4096);
-    store.put(SENSOR, ramp(1_000_000, n));
-    store
+/// The real embedded store holding `n` points of [`SENSOR`].
+async fn big_store(n: usize) -> Arc<Instrumented> {
+    Instrumented::embedded(SENSOR, ramp(1_000_000, n), None).await
 }
 
 fn big_expected(n: usize) -> Vec<u8> {
@@ -261,7 +260,7 @@ const BIG_QUERY: &str = "sensor_id=boiler-1/temp&start_ts=0&end_ts=9999999999";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_parallel_downloads_get_identical_bytes() {
     let n = 50_000;
-    let server = TestServer::start(big_store(n)).await;
+    let server = TestServer::start(big_store(n).await).await;
     let expected = big_expected(n);
     let client = client();
     let downloads = (0..40).map(|_| {
@@ -289,7 +288,7 @@ async fn past_the_limit_429_with_retry_after_and_the_permit_lives_with_the_body(
         ..test_config()
     };
     // Big enough that a body cannot fit into the socket buffers and end.
-    let server = TestServer::start_with(big_store(2_000_000), config).await;
+    let server = TestServer::start_with(big_store(2_000_000).await, config).await;
     let client = client();
     let url = server.url(&format!("/api/v1/export?{BIG_QUERY}"));
     // Two downloads whose bodies we do not read yet: their headers are out,
@@ -323,7 +322,7 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_stops_the_scan() {
-    let store = Instrumented::new(big_store(1_000_000), None);
+    let store = big_store(1_000_000).await;
     let server = TestServer::start(store.clone()).await;
     let mut response = client()
         .get(server.url(&format!("/api/v1/export?{BIG_QUERY}")))
@@ -338,7 +337,7 @@ async fn a_client_that_leaves_stops_the_scan() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let later = store.batches_yielded.load(Ordering::SeqCst);
     assert_eq!(after_leave, later, "the scan went on after the client left");
-    // 1M rows are 245 batches of 4096; the scan stopped long before.
+    // 1M rows are 245 blocks of 4096; the scan stopped long before.
     assert!(
         later < 200,
         "scanned {later} batches for a client that left"
@@ -347,7 +346,7 @@ async fn a_client_that_leaves_stops_the_scan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_aborted_downloads_leave_nothing_behind() {
-    let server = TestServer::start(big_store(300_000)).await;
+    let server = TestServer::start(big_store(300_000).await).await;
     let metrics = tokio::runtime::Handle::current().metrics();
     let idle_tasks = metrics.num_alive_tasks();
     let request = format!("GET /api/v1/export?{BIG_QUERY} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -370,7 +369,7 @@ async fn a_thousand_aborted_downloads_leave_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_failure_mid_stream_is_a_failed_download() {
-    let store = Instrumented::new(big_store(100_000), Some(3));
+    let store = Instrumented::embedded(SENSOR, ramp(1_000_000, 100_000), Some(3)).await;
     let server = TestServer::start(store).await;
     let mut response = client()
         .get(server.url(&format!("/api/v1/export?{BIG_QUERY}")))
@@ -409,7 +408,7 @@ async fn a_storage_failure_mid_stream_is_a_failed_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_and_zstd_are_honoured_and_decode_to_the_same_bytes() {
     let n = 100_000;
-    let server = TestServer::start(big_store(n)).await;
+    let server = TestServer::start(big_store(n).await).await;
     let expected = big_expected(n);
     for encoding in ["gzip", "zstd"] {
         // Raw: check the header and that it is smaller.
@@ -514,7 +513,7 @@ async fn xlsx_is_a_real_workbook_continued_on_next_sheets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xlsx_storage_failure_aborts_the_download() {
-    let store = Instrumented::new(big_store(50_000), Some(2));
+    let store = Instrumented::embedded(SENSOR, ramp(1_000_000, 50_000), Some(2)).await;
     let server = TestServer::start(store).await;
     let response = client()
         .get(server.url(&format!("/api/v1/export?{BIG_QUERY}&format=xlsx")))
@@ -527,7 +526,7 @@ async fn xlsx_storage_failure_aborts_the_download() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_to_first_byte_is_immediate_even_for_a_big_range() {
-    let server = TestServer::start(big_store(1_000_000)).await;
+    let server = TestServer::start(big_store(1_000_000).await).await;
     let started = Instant::now();
     let mut response = client()
         .get(server.url(&format!("/api/v1/export?{BIG_QUERY}")))
@@ -545,4 +544,70 @@ async fn time_to_first_byte_is_immediate_even_for_a_big_range() {
     // Relative, as debug builds on a loaded 2-core machine are slow; the
     // benchmark measures the real figure in release.
     assert!(ttfb * 10 < total, "first byte after {ttfb:?} of {total:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_export_is_byte_identical_to_engine_export() {
+    use engine::storage::StorageEngine;
+    use engine::storage::embedded::EmbeddedStore;
+    let dir = tempfile::tempdir().unwrap();
+    let mut points = ramp(-20_000, 40_000);
+    points[10].1 = -0.0;
+    points[11].1 = f64::NAN;
+    points[12].1 = f64::INFINITY;
+    points[13].1 = 5e-324;
+    points[14].1 = 1e300;
+    {
+        let source = Instrumented::embedded(SENSOR, points, None).await;
+        // Copy into a directory we control, through the trait.
+        let path = dir.path().to_owned();
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
+            .await
+            .unwrap()
+            .unwrap();
+        let id = engine::model::SensorId::new(SENSOR).unwrap();
+        let scan = source.scan(&id, engine::model::TimeRange::ALL);
+        store.import(&id, scan).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let path = dir.path().to_owned();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .arg("export")
+            .arg("--data-dir")
+            .arg(&path)
+            .args([
+                "--sensor",
+                SENSOR,
+                "--start=-15000",
+                "--end=2026-01-01T00:00:00Z",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+
+    let path = dir.path().to_owned();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
+        .await
+        .unwrap()
+        .unwrap();
+    let server = TestServer::start(Arc::new(store)).await;
+    let http = get(
+        &server,
+        "sensor_id=boiler-1/temp&start_ts=-15000&end_ts=2026-01-01T00:00:00Z",
+    )
+    .await
+    .bytes()
+    .await
+    .unwrap();
+    assert_eq!(http.len(), cli.stdout.len());
+    assert!(http == cli.stdout, "HTTP and CLI exports differ");
+    assert!(http.starts_with(b"timestamp_ms,value,quality\n-15000,"));
 }

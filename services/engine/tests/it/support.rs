@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use engine::http::{self, AppState, HttpConfig};
 use engine::model::{Point, PointBatch, Sample, SensorId, TimeRange};
+use engine::storage::embedded::EmbeddedStore;
 use engine::storage::{
     ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
 };
@@ -146,14 +147,49 @@ pub struct Instrumented {
     pub inner: SharedStorage,
     pub fail_after: Option<usize>,
     pub batches_yielded: Arc<AtomicU64>,
+    /// The data directory of an embedded store, removed with the wrapper.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Instrumented {
-    pub fn new(inner: SharedStorage, fail_after: Option<usize>) -> Arc<Self> {
+    /// The real embedded store in a temporary directory, loaded with
+    /// `points` for `sensor` through its all-or-nothing import.
+    pub async fn embedded(
+        sensor: &str,
+        points: Vec<(i64, f64, u8)>,
+        fail_after: Option<usize>,
+    ) -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
+            .await
+            .unwrap()
+            .unwrap();
+        let batches: Vec<Result<PointBatch, StorageError>> = points
+            .chunks(65_536)
+            .map(|chunk| {
+                Ok(chunk
+                    .iter()
+                    .map(|&(timestamp_ms, value, quality)| Point {
+                        timestamp_ms,
+                        value,
+                        quality,
+                    })
+                    .collect())
+            })
+            .collect();
+        store
+            .import(
+                &SensorId::new(sensor).unwrap(),
+                stream::iter(batches).boxed(),
+            )
+            .await
+            .unwrap();
         Arc::new(Self {
-            inner,
+            inner: Arc::new(store),
             fail_after,
             batches_yielded: Arc::default(),
+            _dir: Some(dir),
         })
     }
 }
