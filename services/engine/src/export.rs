@@ -267,16 +267,74 @@ fn csv_body(
     Body::from_stream(hold(body, permit))
 }
 
-/// Keeps `permit` alive exactly as long as the stream: the export slot is
-/// freed when the body ends or is dropped (the client left).
-pub(crate) fn hold<S: futures_util::Stream + Send + 'static>(
-    body: S,
-    permit: OwnedSemaphorePermit,
-) -> impl futures_util::Stream<Item = S::Item> + Send + 'static {
-    body.map(move |item| {
-        let _ = &permit;
-        item
-    })
+/// Keeps `permit` alive exactly as long as the body stream, so the export
+/// slot is freed when the download ends or the client leaves (not when the
+/// headers leave), and logs once how the export ended.
+pub(crate) fn hold<S>(body: S, permit: OwnedSemaphorePermit) -> Guarded<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    Guarded {
+        inner: Box::pin(body),
+        _permit: permit,
+        started: std::time::Instant::now(),
+        bytes: 0,
+        outcome: Outcome::Left,
+    }
+}
+
+/// How an export's body ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every byte was handed to the connection.
+    Completed,
+    /// The store failed; the connection was aborted.
+    Failed,
+    /// Dropped before the end: the client left or the server shut down.
+    Left,
+}
+
+/// The body stream of an export, with its permit and its bookkeeping.
+pub(crate) struct Guarded<S> {
+    inner: std::pin::Pin<Box<S>>,
+    _permit: OwnedSemaphorePermit,
+    started: std::time::Instant,
+    bytes: u64,
+    outcome: Outcome,
+}
+
+impl<S> futures_util::Stream for Guarded<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+{
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(chunk))) => self.bytes += chunk.len() as u64,
+            std::task::Poll::Ready(Some(Err(_))) => self.outcome = Outcome::Failed,
+            std::task::Poll::Ready(None) if self.outcome == Outcome::Left => {
+                self.outcome = Outcome::Completed;
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Guarded<S> {
+    fn drop(&mut self) {
+        tracing::info!(
+            outcome = ?self.outcome,
+            bytes = self.bytes,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "export ended"
+        );
+    }
 }
 
 /// Merges consecutive batches smaller than `min_rows`, so tiny store batches
