@@ -124,8 +124,15 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
         let spa = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));
         app = app.fallback_service(spa);
     }
-    app.layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::INFO)))
-        .with_state(state)
+    // One span per request (method, path, version) and one line per
+    // response (status, latency to the headers); exports add their own line
+    // when the body ends.
+    app.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+            .on_response(DefaultOnResponse::new().level(Level::INFO)),
+    )
+    .with_state(state)
 }
 
 async fn api_not_found(uri: Uri) -> ApiError {
