@@ -548,8 +548,9 @@ async fn time_to_first_byte_is_immediate_even_for_a_big_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_export_is_byte_identical_to_engine_export() {
+    use crate::support::open_embedded;
     use engine::storage::StorageEngine;
-    use engine::storage::embedded::EmbeddedStore;
+    use engine::storage::embedded::EmbeddedOptions;
     let dir = tempfile::tempdir().unwrap();
     let mut points = ramp(-20_000, 40_000);
     points[10].1 = -0.0;
@@ -560,11 +561,7 @@ async fn http_export_is_byte_identical_to_engine_export() {
     {
         let source = Instrumented::embedded(SENSOR, points, None).await;
         // Copy into a directory we control, through the trait.
-        let path = dir.path().to_owned();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
-            .await
-            .unwrap()
-            .unwrap();
+        let store = open_embedded(dir.path(), EmbeddedOptions::default()).await;
         let id = engine::model::SensorId::new(SENSOR).unwrap();
         let scan = source.scan(&id, engine::model::TimeRange::ALL);
         store.import(&id, scan).await.unwrap();
@@ -593,12 +590,8 @@ async fn http_export_is_byte_identical_to_engine_export() {
         String::from_utf8_lossy(&cli.stderr)
     );
 
-    let path = dir.path().to_owned();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
-        .await
-        .unwrap()
-        .unwrap();
-    let server = TestServer::start(Arc::new(store)).await;
+    let store = open_embedded(dir.path(), EmbeddedOptions::default()).await;
+    let server = TestServer::start(store).await;
     let http = get(
         &server,
         "sensor_id=boiler-1/temp&start_ts=-15000&end_ts=2026-01-01T00:00:00Z",
