@@ -236,6 +236,13 @@ fn main() {
         })
         .collect();
 
+    let xlsx: Vec<(f64, f64, u64)> = (0..3)
+        .map(|_| curl(&format!("{url_1m}&format=xlsx"), &[]))
+        .collect();
+    let xlsx_bytes = xlsx[0].2;
+    let xlsx_ttfb = median(xlsx.iter().map(|s| s.0).collect());
+    let xlsx_total = median(xlsx.iter().map(|s| s.1).collect());
+
     // Memory: peak RSS over idle for one full export, then for 64 at once.
     std::thread::sleep(Duration::from_millis(200));
     let idle = status_kib("VmRSS:");
@@ -316,6 +323,13 @@ fn main() {
             mb(*bytes)
         ));
     }
+    line(format!(
+        "| {} rows XLSX (first byte after the workbook is built) | {:.0} ms, first byte {:.0} ms, {:.1} MB | - |",
+        count(one_m),
+        ms(xlsx_total),
+        ms(xlsx_ttfb),
+        mb(xlsx_bytes)
+    ));
     line(format!(
         "| peak RSS growth, one {} export | {:.1} MiB | <= 32 MiB (10M) |",
         count(rows),
