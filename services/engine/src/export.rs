@@ -38,12 +38,15 @@ pub const XLSX_CONTENT_TYPE: &str =
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
 /// Encoded chunks in flight per export (being formatted or waiting to be
-/// sent). Two keep both cores busy; more would only hold more memory.
-pub const ENCODE_AHEAD: usize = 2;
+/// sent): about 4 x 120 KB. Measured on 2 cores, 4 beat 2 and 3 (the
+/// encoders then never wait for the connection task), and memory stays small.
+pub const ENCODE_AHEAD: usize = 4;
 
 /// Batches smaller than this are merged before encoding, so each encode task
 /// does enough work to be worth spawning and each chunk is a sensible write.
-const MIN_CHUNK_ROWS: usize = 8_192;
+/// The embedded store's blocks hold up to 4096 points, so its batches pass
+/// as they are; only smaller ones (a store's head) are merged.
+const MIN_CHUNK_ROWS: usize = 4_096;
 
 /// The file format of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
