@@ -279,6 +279,24 @@ fn main() {
     let peak_concurrent = status_kib("VmHWM:").saturating_sub(idle_concurrent);
     let identical = hashes.iter().all(|h| *h == single_hash);
 
+    // 1,000 aborted downloads: each reads the first bytes of a 10M export
+    // and resets the connection, as a cancelled browser download.
+    let aborts = 1000;
+    std::thread::sleep(Duration::from_millis(200));
+    let tasks_before = server_runtime.metrics().num_alive_tasks();
+    let rss_before = status_kib("VmRSS:");
+    server_runtime.block_on(async {
+        for _ in 0..aborts {
+            abort_download(addr, &url_all).await;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu_settled = cpu_seconds();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu_after_aborts = cpu_seconds() - cpu_settled;
+    let tasks_after = server_runtime.metrics().num_alive_tasks();
+    let rss_after_aborts = status_kib("VmRSS:") as i64 - rss_before as i64;
+
     let postgres = postgres_reference(&url_1m, one_m, runs.min(5));
 
     let mb = |bytes: u64| bytes as f64 / 1e6;
@@ -313,12 +331,14 @@ fn main() {
         ms(median(total_all))
     ));
     line(format!(
-        "| time to first byte (1M export, curl time_starttransfer) | {:.2} ms | <= 10 ms |",
+        "| time to first byte ({} export, curl time_starttransfer) | {:.2} ms | <= 10 ms |",
+        count(one_m),
         ms(median(ttfb))
     ));
     for (encoding, total, bytes) in &compressed {
         line(format!(
-            "| 1M rows, Accept-Encoding: {encoding} (fastest level) | {:.1} ms, {:.1} MB | - |",
+            "| {} rows, Accept-Encoding: {encoding} (fastest level) | {:.1} ms, {:.1} MB | - |",
+            count(one_m),
             ms(*total),
             mb(*bytes)
         ));
@@ -343,6 +363,11 @@ fn main() {
         peak_concurrent as f64 / 1024.0
     ));
     line(format!(
+        "| {aborts} aborted downloads: alive tasks before/after, CPU in the next second, RSS change | {tasks_before}/{tasks_after}, {:.0} ms, {:+.1} MiB | nothing left behind |",
+        ms(cpu_after_aborts),
+        rss_after_aborts as f64 / 1024.0
+    ));
+    line(format!(
         "| reference: one core formatting the same rows in memory (CsvEncoder) | {:.1} ms | - |",
         ms(in_memory)
     ));
@@ -362,6 +387,36 @@ fn main() {
     print!("{table}");
     let _ = std::io::stdout().flush();
     drop(server_runtime);
+}
+
+/// This process's user + system CPU seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th
+    // and stime the 13th of those, in clock ticks (100 a second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Requests `url`, reads the first bytes, then resets the connection (RST,
+/// as a cancelled browser download).
+async fn abort_download(addr: std::net::SocketAddr, url: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = url.split_once(&addr.to_string()).map_or("/", |(_, p)| p);
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.expect("request");
+    let mut buf = [0u8; 4096];
+    let n = socket.read(&mut buf).await.expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let _ = socket.set_zero_linger();
 }
 
 fn hash_download(url: &str) -> String {
