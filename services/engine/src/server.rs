@@ -5,9 +5,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use axum::Router;
-use axum::routing::get;
-
 use crate::storage::SharedStorage;
 
 /// Everything `engine serve` was asked to run.
@@ -43,7 +40,6 @@ pub async fn run(
     storage: SharedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let _ = storage;
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -51,10 +47,11 @@ pub async fn run(
             source,
         })?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
-    let app = Router::new().route("/healthz", get(|| async { "ok" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let http = crate::http::HttpConfig {
+        web_dir: Some(config.web_dir.clone()),
+        ..crate::http::HttpConfig::default()
+    };
+    crate::http::serve_api(listener, storage, &http, shutdown).await?;
     Ok(())
 }
 

@@ -5,4 +5,6 @@ mod support;
 mod cli;
 mod conformance;
 mod crash;
+mod http_api;
+mod http_export;
 mod recovery;

@@ -1,0 +1,102 @@
+//! [`ApiError`]: every way an HTTP request can fail, mapped to a status and a
+//! JSON body in exactly one place ([`IntoResponse`] below).
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::model::SensorId;
+use crate::storage::StorageError;
+
+/// Seconds a client is asked to wait after a 429 before trying again.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// An error answered before any byte of a response body has gone out.
+///
+/// The body is always `{"error": "<code>", "message": "<what is wrong>"}`;
+/// the dashboard and scripts branch on `error`, people read `message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A missing, unparsable or inconsistent query parameter: 400.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// An uploaded CSV broke the import format: 400, naming the line.
+    #[error("{0}")]
+    InvalidCsv(String),
+    /// The sensor has no points: 404.
+    #[error("sensor {0:?} not found")]
+    SensorNotFound(SensorId),
+    /// No such API route: 404.
+    #[error("no API route {0}")]
+    RouteNotFound(String),
+    /// Too many exports at once: 429 with `Retry-After`, answered at once
+    /// instead of queueing without bound.
+    #[error("too many exports are running; retry in {RETRY_AFTER_SECONDS} s")]
+    TooManyRequests,
+    /// The store failed. Rejected input is the client's fault (400); anything
+    /// else is logged here once and answered as a generic 500.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::InvalidParameter(rejection.body_text())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// The HTTP status and the stable machine-readable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ApiError::InvalidCsv(_) => (StatusCode::BAD_REQUEST, "invalid_csv"),
+            ApiError::SensorNotFound(_) => (StatusCode::NOT_FOUND, "sensor_not_found"),
+            ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Storage(StorageError::InvalidInput(_)) => {
+                (StatusCode::BAD_REQUEST, "invalid_input")
+            }
+            ApiError::Storage(StorageError::Closed) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // Internal details go to the log, not to the client.
+            tracing::error!(error = %self, "request failed");
+            "internal error; see the server log".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message,
+            }),
+        )
+            .into_response();
+        if matches!(self, ApiError::TooManyRequests) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,95 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3.1 document of the HTTP API,
+//! written by hand (a handful of routes does not justify a derive framework).
+
+use axum::Json;
+use serde_json::{Value, json};
+
+pub async fn openapi() -> Json<Value> {
+    Json(document())
+}
+
+fn param(name: &str, required: bool, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": required,
+           "schema": {"type": "string"}, "description": description})
+}
+
+fn error(description: &str) -> Value {
+    json!({"description": description,
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+/// The document itself.
+pub fn document() -> Value {
+    let ts = "Epoch milliseconds or RFC 3339; the range is [start_ts, end_ts).";
+    json!({
+      "openapi": "3.1.0",
+      "info": {"title": "Sensor engine HTTP API", "version": env!("CARGO_PKG_VERSION")},
+      "paths": {
+        "/api/v1/export": {"get": {
+          "summary": "Download a sensor's raw points in a range as CSV or XLSX (streamed)",
+          "parameters": [
+            param("sensor_id", true, "Sensor id"),
+            param("start_ts", true, ts), param("end_ts", true, ts),
+            param("format", false, "csv (default) or xlsx"),
+            param("bom", false, "true: start the CSV with a UTF-8 BOM (Excel)"),
+            param("delimiter", false, ", (default), ; or tab"),
+            param("decimal", false, ". (default) or , (needs delimiter ;)"),
+            param("time_zone", false, "IANA zone: adds a time_local column, ISO 8601 with offset")
+          ],
+          "responses": {
+            "200": {"description": "timestamp_ms,value,quality then one row per point in time order; a failure mid-stream aborts the connection",
+                    "content": {"text/csv": {}, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {}}},
+            "400": error("Missing, unparsable or inverted parameter (invalid_parameter)"),
+            "404": error("Unknown sensor (sensor_not_found)"),
+            "429": error("Too many exports running (too_many_requests); see Retry-After")
+          }}},
+        "/api/v1/import": {"post": {
+          "summary": "Load a CSV in the export format into a sensor, all or nothing",
+          "parameters": [param("sensor_id", true, "Sensor id")],
+          "requestBody": {"required": true, "content": {"text/csv": {}}},
+          "responses": {
+            "200": {"description": "Imported", "content": {"application/json": {"schema": {
+              "type": "object", "properties": {"sensor_id": {"type": "string"}, "points": {"type": "integer"}}}}}},
+            "400": error("Malformed CSV, naming the line (invalid_csv), or bad parameter")
+          }}},
+        "/api/v1/series": {"get": {
+          "summary": "Chart data, M4-downsampled (first, min, max, last per time bucket)",
+          "parameters": [
+            param("sensor_id", true, "Sensor id"),
+            param("start_ts", false, ts), param("end_ts", false, ts),
+            param("max_points", false, "Default 1000, capped at 10000")
+          ],
+          "responses": {
+            "200": {"description": "Columnar points", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Series"}}}},
+            "400": error("invalid_parameter"), "404": error("sensor_not_found")
+          }}},
+        "/api/v1/sensors": {"get": {
+          "summary": "Every sensor with its point count and time span",
+          "responses": {"200": {"description": "Sensors", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"sensors": {"type": "array", "items": {"$ref": "#/components/schemas/Sensor"}}}}}}}}}},
+        "/api/v1/sensors/{id}": {"get": {
+          "summary": "One sensor",
+          "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+          "responses": {
+            "200": {"description": "Sensor", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Sensor"}}}},
+            "404": error("sensor_not_found")
+          }}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}}
+      },
+      "components": {"schemas": {
+        "Error": {"type": "object", "required": ["error", "message"], "properties": {
+          "error": {"type": "string", "enum": ["invalid_parameter", "invalid_csv", "invalid_input", "sensor_not_found", "not_found", "too_many_requests", "unavailable", "internal"]},
+          "message": {"type": "string"}}},
+        "Sensor": {"type": "object", "properties": {
+          "sensor_id": {"type": "string"}, "count": {"type": "integer"},
+          "first_timestamp_ms": {"type": "integer"}, "last_timestamp_ms": {"type": "integer"}}},
+        "Series": {"type": "object", "properties": {
+          "sensor_id": {"type": "string"}, "start_ts": {"type": "integer"}, "end_ts": {"type": "integer"},
+          "count": {"type": "integer", "description": "Raw points in the range"},
+          "downsampled": {"type": "boolean"},
+          "timestamps": {"type": "array", "items": {"type": "integer"}},
+          "values": {"type": "array", "items": {"type": ["number", "null"]}, "description": "null for NaN and infinities"},
+          "qualities": {"type": "array", "items": {"type": "integer"}}}}
+      }}
+    })
+}

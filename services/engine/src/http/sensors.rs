@@ -1,0 +1,59 @@
+//! `GET /api/v1/sensors`, `GET /api/v1/sensors/{id}` and `GET /healthz`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Serialize;
+
+use crate::model::SensorId;
+use crate::storage::SensorInfo;
+
+use super::{ApiError, AppState};
+
+/// One sensor as the dashboard sees it.
+#[derive(Debug, Serialize)]
+pub struct SensorJson {
+    pub sensor_id: String,
+    pub count: u64,
+    pub first_timestamp_ms: i64,
+    pub last_timestamp_ms: i64,
+}
+
+impl From<SensorInfo> for SensorJson {
+    fn from(info: SensorInfo) -> Self {
+        Self {
+            sensor_id: info.sensor_id.as_str().to_owned(),
+            count: info.count,
+            first_timestamp_ms: info.first_timestamp_ms,
+            last_timestamp_ms: info.last_timestamp_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SensorList {
+    pub sensors: Vec<SensorJson>,
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<SensorList>, ApiError> {
+    let sensors = state.storage.sensors().await?;
+    Ok(Json(SensorList {
+        sensors: sensors.into_iter().map(SensorJson::from).collect(),
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SensorJson>, ApiError> {
+    let id =
+        SensorId::new(&id).map_err(|e| ApiError::InvalidParameter(format!("sensor id: {e}")))?;
+    match state.storage.sensor(&id).await? {
+        Some(info) => Ok(Json(info.into())),
+        None => Err(ApiError::SensorNotFound(id)),
+    }
+}
+
+/// Liveness: answers while the server accepts requests.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
