@@ -1,1 +1,266 @@
-pub fn run() {}
+//! The `engine` command line. `main.rs` only calls [`run`].
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+
+use crate::csv_format::{CsvEncoder, CsvPointReader};
+use crate::model::{SensorId, TimeRange, parse_timestamp};
+use crate::server::{self, ServeConfig};
+use crate::storage::embedded::EmbeddedStore;
+use crate::storage::{PointStream, SharedStorage, StorageEngine, StorageError};
+
+/// Sensor time-series engine: stores sensor readings, serves the dashboard,
+/// exports raw data as CSV or Excel.
+#[derive(Debug, Parser)]
+#[command(name = "engine", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The data directory flag shared by every command.
+#[derive(Debug, clap::Args)]
+struct DataDir {
+    /// Directory of the embedded store; created if missing. Only one process
+    /// can use it at a time.
+    #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: HTTP API and dashboard, gRPC, NATS ingestion.
+    Serve {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// Address of the HTTP API and dashboard.
+        #[arg(long, env = "ENGINE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+        /// Address of the gRPC API.
+        #[arg(long, env = "ENGINE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+        grpc_addr: SocketAddr,
+        /// NATS server to ingest readings from (JetStream), e.g. nats://127.0.0.1:4222.
+        #[arg(long, env = "ENGINE_NATS_URL")]
+        nats_url: Option<String>,
+        /// Directory of the built dashboard, served at `/`.
+        #[arg(long, env = "ENGINE_WEB_DIR", default_value = "viz/dist")]
+        web_dir: PathBuf,
+        /// Run the built-in plant simulator: history plus live readings.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Load a CSV (header `timestamp_ms,value,quality`) into one sensor, all
+    /// or nothing: a bad row stores nothing of the file.
+    Import {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The sensor the rows belong to.
+        #[arg(long)]
+        sensor: SensorId,
+        /// The CSV file; standard input when absent or `-`.
+        file: Option<PathBuf>,
+    },
+    /// Write one sensor's points as CSV to standard output, exactly as the
+    /// HTTP export serves them.
+    Export {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The sensor to export.
+        #[arg(long)]
+        sensor: SensorId,
+        /// First timestamp included: epoch milliseconds or RFC 3339.
+        #[arg(long, value_parser = parse_timestamp)]
+        start: Option<i64>,
+        /// First timestamp excluded: epoch milliseconds or RFC 3339.
+        #[arg(long, value_parser = parse_timestamp)]
+        end: Option<i64>,
+    },
+    /// List sensors with point count and first/last timestamp (tab-separated).
+    Sensors {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+}
+
+/// Errors of a CLI command, printed as `error: ...`.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    #[error("writing output: {0}")]
+    Output(io::Error),
+}
+
+/// Parses the command line and runs the command; the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `engine export | head` closes the pipe early: not an error.
+        Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open_store(data_dir: &Path) -> Result<Arc<EmbeddedStore>, CliError> {
+    let dir = data_dir.to_owned();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+        .await
+        .map_err(|e| CliError::Usage(format!("opening the store panicked: {e}")))??;
+    Ok(Arc::new(store))
+}
+
+async fn execute(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Serve {
+            data_dir,
+            http_addr,
+            grpc_addr,
+            nats_url,
+            web_dir,
+            demo,
+        } => {
+            let store = open_store(&data_dir.data_dir).await?;
+            let config = ServeConfig {
+                http_addr,
+                grpc_addr,
+                nats_url,
+                web_dir,
+                demo,
+            };
+            let storage: SharedStorage = store.clone();
+            let result = server::run(config, storage, server::shutdown_signal()).await;
+            store.close().await?;
+            result?;
+            Ok(())
+        }
+        Command::Import {
+            data_dir,
+            sensor,
+            file,
+        } => {
+            let source: Box<dyn Read + Send> = match file {
+                Some(path) if path.as_os_str() != "-" => {
+                    Box::new(std::fs::File::open(&path).map_err(|source| CliError::File {
+                        path: path.clone(),
+                        source,
+                    })?)
+                }
+                _ => Box::new(io::stdin()),
+            };
+            let store = open_store(&data_dir.data_dir).await?;
+            let summary = store.import(&sensor, read_csv(source)).await?;
+            store.close().await?;
+            eprintln!("imported {} points into {sensor}", summary.points);
+            Ok(())
+        }
+        Command::Export {
+            data_dir,
+            sensor,
+            start,
+            end,
+        } => {
+            let range = TimeRange::new(start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX))
+                .ok_or_else(|| CliError::Usage("--start is after --end".into()))?;
+            let store = open_store(&data_dir.data_dir).await?;
+            if store.sensor(&sensor).await?.is_none() {
+                return Err(CliError::Usage(format!("sensor {sensor:?} not found")));
+            }
+            let encoder = CsvEncoder::default();
+            let mut out = io::BufWriter::with_capacity(256 * 1024, io::stdout().lock());
+            let mut buffer = Vec::with_capacity(256 * 1024);
+            encoder.write_header(&mut buffer);
+            let mut scan = store.scan(&sensor, range);
+            while let Some(batch) = scan.next().await {
+                encoder.write_batch(&batch?, &mut buffer);
+                out.write_all(&buffer).map_err(CliError::Output)?;
+                buffer.clear();
+            }
+            out.write_all(&buffer).map_err(CliError::Output)?;
+            out.flush().map_err(CliError::Output)?;
+            Ok(())
+        }
+        Command::Sensors { data_dir } => {
+            let store = open_store(&data_dir.data_dir).await?;
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            let write = |out: &mut dyn Write| -> io::Result<()> {
+                writeln!(
+                    out,
+                    "sensor_id\tcount\tfirst_timestamp_ms\tlast_timestamp_ms"
+                )?;
+                Ok(())
+            };
+            write(&mut out).map_err(CliError::Output)?;
+            for info in store.sensors().await? {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    info.sensor_id, info.count, info.first_timestamp_ms, info.last_timestamp_ms
+                )
+                .map_err(CliError::Output)?;
+            }
+            out.flush().map_err(CliError::Output)?;
+            Ok(())
+        }
+    }
+}
+
+/// Rows per batch handed to the store while importing.
+const IMPORT_BATCH_POINTS: usize = 64 * 1024;
+
+/// Parses CSV on a blocking thread into a stream of batches; a bad row ends
+/// the stream with [`StorageError::InvalidInput`] naming the line, which makes
+/// the store discard the whole import.
+pub fn read_csv(source: impl Read + Send + 'static) -> PointStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = CsvPointReader::new(source);
+        loop {
+            let item = reader
+                .next_batch(IMPORT_BATCH_POINTS)
+                .map_err(|e| StorageError::InvalidInput(e.to_string()));
+            let done = !matches!(&item, Ok(batch) if !batch.is_empty());
+            if matches!(&item, Ok(batch) if batch.is_empty()) {
+                return;
+            }
+            if sender.blocking_send(item).is_err() || done {
+                return;
+            }
+        }
+    });
+    tokio_stream_from(receiver)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> futures_util::stream::BoxStream<'static, T> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+}

@@ -23,4 +23,5 @@ pub mod grpc;
 pub mod ingest;
 pub mod live;
 pub mod model;
+pub mod server;
 pub mod storage;
