@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use engine::grpc::pb::sensor_engine_client::SensorEngineClient;
-use engine::grpc::pb::{
-    ListSensorsRequest, Point, ScanRequest, SubscribeRequest, WriteRequest,
-};
+use engine::grpc::pb::{ListSensorsRequest, Point, ScanRequest, SubscribeRequest, WriteRequest};
 use engine::live::{LiveHub, LiveStorage};
 use engine::storage::SharedStorage;
 use futures_util::StreamExt;
@@ -40,9 +38,14 @@ async fn start_server() -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(engine::grpc::serve(listener, storage, hub.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(engine::grpc::serve(
+        listener,
+        storage,
+        hub.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     Server {
         addr,
         hub,
@@ -185,10 +188,10 @@ async fn health_and_reflection_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -204,8 +207,14 @@ async fn health_and_reflection_are_served() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"sensor.v1.SensorEngine".to_owned()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"sensor.v1.SensorEngine".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]
@@ -247,7 +256,10 @@ async fn sse_endpoint_pushes_points_as_they_are_written() {
         head.push(line.to_ascii_lowercase());
     }
     assert!(head[0].starts_with("http/1.1 200"), "{head:?}");
-    assert!(head.iter().any(|h| h == "content-type: text/event-stream"), "{head:?}");
+    assert!(
+        head.iter().any(|h| h == "content-type: text/event-stream"),
+        "{head:?}"
+    );
     // Wait for the subscription to exist, then write.
     while live.hub().followed_sensors() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -281,5 +293,94 @@ async fn sse_endpoint_pushes_points_as_they_are_written() {
     assert_eq!(
         event[1],
         r#"data: {"timestamps":[1,2],"values":[21.5,null],"qualities":[192,192]}"#
+    );
+}
+
+/// Every point of `sensor` through gRPC Scan, as `(timestamp, value)`.
+pub async fn scan_all(client: &mut SensorEngineClient<Channel>, sensor: &str) -> Vec<(i64, f64)> {
+    let mut points = Vec::new();
+    let scan = client
+        .scan(ScanRequest {
+            sensor_id: sensor.into(),
+            start_ms: None,
+            end_ms: None,
+        })
+        .await;
+    let Ok(scan) = scan else {
+        return points;
+    };
+    let mut scan = scan.into_inner();
+    while let Some(batch) = scan.next().await {
+        let batch = batch.unwrap();
+        points.extend(batch.timestamps_ms.into_iter().zip(batch.values));
+    }
+    points
+}
+
+/// Connects to a (re)started engine, retrying while it comes up.
+pub async fn connect_engine(url: String) -> SensorEngineClient<Channel> {
+    for _ in 0..100 {
+        if let Ok(client) = SensorEngineClient::connect(url.clone()).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot connect to {url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_sigkill() {
+    use crate::ingest_support::Engine;
+
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir.path(), &[]);
+    let url = engine.grpc_url();
+    const PER_CALL: i64 = 500;
+    let writer = tokio::spawn({
+        let url = url.clone();
+        async move {
+            let mut client = connect_engine(url).await;
+            let mut acknowledged = 0i64;
+            // Each call is one acknowledgement: its points are durable once
+            // the response arrives.
+            for call in 0.. {
+                let points = (call * PER_CALL..(call + 1) * PER_CALL)
+                    .map(|ts| point("sigkill/grpc", ts, ts as f64 * 0.5))
+                    .collect();
+                let result = client
+                    .write(futures_util::stream::iter(vec![WriteRequest { points }]))
+                    .await;
+                match result {
+                    Ok(response) => {
+                        assert_eq!(response.into_inner().points_written, PER_CALL as u64);
+                        acknowledged = (call + 1) * PER_CALL;
+                    }
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }
+    });
+    // Let the writer get well under way, then pull the plug.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    engine.kill();
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged > 0, "nothing was acknowledged before the kill");
+
+    let engine = Engine::start(dir.path(), &[]);
+    let mut client = connect_engine(engine.grpc_url()).await;
+    let stored = scan_all(&mut client, "sigkill/grpc").await;
+    assert!(
+        stored.len() as i64 >= acknowledged,
+        "{} stored < {acknowledged} acknowledged",
+        stored.len()
+    );
+    for (i, (ts, value)) in stored.iter().enumerate() {
+        assert_eq!(*ts, i as i64, "points are contiguous from 0, once each");
+        assert_eq!(*value, *ts as f64 * 0.5);
+    }
+    eprintln!(
+        "gRPC SIGKILL: {acknowledged} acknowledged, {} stored after restart",
+        stored.len()
     );
 }

@@ -80,7 +80,6 @@ impl Drop for NatsServer {
 /// The real `engine serve` process, SIGKILLed on drop.
 pub struct Engine {
     pub child: Child,
-    pub http_port: u16,
     pub grpc_port: u16,
 }
 
@@ -97,16 +96,14 @@ impl Engine {
             .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
             .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
             .args(extra)
+            // Warnings and errors only: the test output stays readable.
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start engine");
         wait_for_port(grpc_port, Duration::from_secs(30));
-        Self {
-            child,
-            http_port,
-            grpc_port,
-        }
+        Self { child, grpc_port }
     }
 
     pub fn grpc_url(&self) -> String {

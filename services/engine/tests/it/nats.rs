@@ -51,8 +51,11 @@ impl Consumer {
     async fn wait_connected(&self) {
         let stats = Arc::clone(&self.stats);
         assert!(
-            eventually(Duration::from_secs(20), || stats.connects.load(Ordering::Relaxed) > 0)
-                .await,
+            eventually(Duration::from_secs(20), || stats
+                .connects
+                .load(Ordering::Relaxed)
+                > 0)
+            .await,
             "the consumer never connected"
         );
     }
@@ -89,7 +92,11 @@ async fn malformed_messages_are_dead_lettered_without_stopping_the_flow() {
     ];
     let mut expected = 0;
     for i in 0..200i64 {
-        let sensor = if i % 2 == 0 { "plant/a" } else { "Kessel Ü1/Temperatur" };
+        let sensor = if i % 2 == 0 {
+            "plant/a"
+        } else {
+            "Kessel Ü1/Temperatur"
+        };
         let payload = points_message(sensor, i * 50, 50);
         js.publish(format!("sensors.m{}", i % 7), payload.into())
             .await
@@ -167,7 +174,11 @@ async fn ingestion_waits_for_a_late_server_and_reconnects_after_a_restart() {
     let nats = NatsServer::start_on(port);
     let stats = Arc::clone(&consumer.stats);
     assert!(
-        eventually(Duration::from_secs(30), || stats.connects.load(Ordering::Relaxed) >= 2).await,
+        eventually(Duration::from_secs(30), || stats
+            .connects
+            .load(Ordering::Relaxed)
+            >= 2)
+        .await,
         "no reconnection"
     );
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -180,4 +191,85 @@ async fn ingestion_waits_for_a_late_server_and_reconnects_after_a_restart() {
     let counted = Arc::clone(&store);
     assert!(eventually(Duration::from_secs(20), || counted.total() == 200).await);
     consumer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_published_point_is_stored_exactly_once_across_a_sigkill() {
+    use crate::grpc::{connect_engine, scan_all};
+    use crate::ingest_support::Engine;
+
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir.path(), &["--nats-url", &nats.url()]);
+
+    // The engine creates the stream; wait for it before publishing.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut tries = 0;
+    while js.get_stream("SENSORS").await.is_err() {
+        tries += 1;
+        assert!(tries < 200, "the engine never created the stream");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    const MESSAGES: i64 = 1000;
+    const SENSORS: [&str; 4] = ["k/a", "k/b", "Kessel Ü1/Temperatur", "k/d"];
+    let publisher = tokio::spawn({
+        let js = js.clone();
+        async move {
+            for i in 0..MESSAGES {
+                let sensor = SENSORS[(i % 4) as usize];
+                let first_ts = (i / 4) * 100;
+                js.publish(
+                    format!("sensors.{}", i % 4),
+                    points_message(sensor, first_ts, 100).into(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+                if i % 97 == 0 {
+                    js.publish("sensors.bad", "{oops".into())
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    engine.kill();
+    publisher.await.unwrap();
+
+    let engine = Engine::start(dir.path(), &["--nats-url", &nats.url()]);
+    let mut grpc = connect_engine(engine.grpc_url()).await;
+    let per_sensor = (MESSAGES / 4 * 100) as usize;
+    // Messages in flight at the kill come back after the consumer's
+    // ack_wait (10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut complete = true;
+        for sensor in SENSORS {
+            if scan_all(&mut grpc, sensor).await.len() < per_sensor {
+                complete = false;
+            }
+        }
+        if complete {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every point arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for sensor in SENSORS {
+        let stored = scan_all(&mut grpc, sensor).await;
+        assert_eq!(stored.len(), per_sensor, "{sensor}: exactly once");
+        for (i, (ts, value)) in stored.iter().enumerate() {
+            assert_eq!(*ts, i as i64);
+            assert_eq!(*value, (ts % 1000) as f64 + 0.5);
+        }
+    }
 }
