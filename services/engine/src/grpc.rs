@@ -10,6 +10,7 @@ use std::pin::Pin;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,6 +37,21 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Most points in one `ScanResponse`: ~1.2 MB, well under the 4 MiB every
 /// gRPC client accepts by default.
 pub const SCAN_BATCH_POINTS: usize = 65_536;
+
+/// Decoded `Write` requests waiting for the store, per call.
+const WRITE_QUEUE: usize = 4;
+
+/// Most points merged into one store write from queued `Write` requests.
+const MAX_MERGED_POINTS: usize = 1_000_000;
+
+/// Aborts a task when dropped, so a failed call stops its reader.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// The `sensor.v1.SensorEngine` service.
 #[derive(Clone)]
@@ -151,18 +167,48 @@ impl SensorEngine for GrpcService {
         request: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let mut requests = request.into_inner();
-        let mut points_written = 0u64;
-        // One store write per request message: the client chooses the group
-        // size, and the store's group commit merges concurrent writers.
-        while let Some(message) = requests.message().await? {
-            let samples = samples_from_proto(message.points)?;
-            if samples.is_empty() {
-                continue;
+        // Pipelined: a reader task decodes and validates the next requests
+        // while the store writes the previous ones, and requests that queued
+        // up meanwhile are merged into one store write (one fsync).
+        let (decoded, mut queue) = mpsc::channel::<Result<Vec<Sample>, Status>>(WRITE_QUEUE);
+        let reader = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let item = match requests.message().await {
+                    Ok(Some(message)) => samples_from_proto(message.points),
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let failed = item.is_err();
+                if decoded.send(item).await.is_err() || failed {
+                    return;
+                }
             }
-            let count = samples.len() as u64;
-            self.storage.write(samples).await.map_err(status_from)?;
-            points_written += count;
+        }));
+        let mut points_written = 0u64;
+        while let Some(item) = queue.recv().await {
+            let mut samples = item?;
+            let mut failure = None;
+            while samples.len() < MAX_MERGED_POINTS {
+                match queue.try_recv() {
+                    Ok(Ok(more)) => samples.extend(more),
+                    Ok(Err(status)) => {
+                        // The requests before the bad one are still written.
+                        failure = Some(status);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !samples.is_empty() {
+                let count = samples.len() as u64;
+                self.storage.write(samples).await.map_err(status_from)?;
+                points_written += count;
+            }
+            if let Some(status) = failure {
+                return Err(status);
+            }
         }
+        drop(reader);
         Ok(Response::new(pb::WriteResponse { points_written }))
     }
 

@@ -87,6 +87,14 @@ enum SessionEnd {
 
 type SessionError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a session's tasks share.
+#[derive(Clone)]
+struct Context {
+    config: Arc<NatsConfig>,
+    storage: SharedStorage,
+    stats: Arc<IngestStats>,
+}
+
 /// Consumes until `shutdown` completes, reconnecting with backoff whenever
 /// the server is unreachable or the consumer fails. Never returns an error:
 /// ingestion trouble is logged and counted, and must not stop the engine.
@@ -96,11 +104,16 @@ pub async fn run(
     stats: Arc<IngestStats>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let context = Context {
+        config: Arc::new(config),
+        storage,
+        stats,
+    };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut connected = false;
-        match session(&config, &storage, &stats, shutdown.as_mut(), &mut connected).await {
+        match session(&context, shutdown.as_mut(), &mut connected).await {
             Ok(SessionEnd::Stopped) => {
                 tracing::info!("NATS consumer stopped");
                 return;
@@ -109,25 +122,28 @@ pub async fn run(
                 if connected {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(%error, url = %config.url, retry_in = ?backoff, "NATS ingestion interrupted");
+                tracing::warn!(%error, url = %context.config.url, retry_in = ?backoff, "NATS ingestion interrupted");
             }
         }
         tokio::select! {
             () = shutdown.as_mut() => return,
             () = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(config.max_backoff);
+        backoff = (backoff * 2).min(context.config.max_backoff);
     }
 }
 
 /// One connection: connect, ensure stream and consumer, consume.
+///
+/// Pipelined: while one group is being written (and then acknowledged) in
+/// its own task, the next is received and parsed. Groups are written one
+/// after the other, in order.
 async fn session(
-    config: &NatsConfig,
-    storage: &SharedStorage,
-    stats: &IngestStats,
+    context: &Context,
     mut shutdown: Shutdown<'_>,
     connected: &mut bool,
 ) -> Result<SessionEnd, SessionError> {
+    let config = &context.config;
     let setup = async {
         let client = async_nats::ConnectOptions::new()
             .name("sensor-engine")
@@ -169,9 +185,10 @@ async fn session(
         result = setup => result?,
     };
     *connected = true;
-    stats.connects.fetch_add(1, Ordering::Relaxed);
+    context.stats.connects.fetch_add(1, Ordering::Relaxed);
     tracing::info!(url = %config.url, stream = %config.stream, durable = %config.durable, "consuming NATS JetStream");
 
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(), SessionError>>> = None;
     let mut batch: Vec<jetstream::Message> = Vec::with_capacity(config.max_batch_messages);
     loop {
         let (first, stopping) = tokio::select! {
@@ -197,7 +214,15 @@ async fn session(
             }
         }
         if !batch.is_empty() {
-            process(config, &client, storage, stats, &mut batch).await?;
+            let group = prepare(context, &client, &mut batch).await;
+            // Keep writes in order: the previous group first.
+            finish(in_flight.take()).await?;
+            if let Some(group) = group {
+                in_flight = Some(tokio::spawn(commit(context.clone(), client.clone(), group)));
+            }
+        }
+        if stopping || failure.is_some() {
+            finish(in_flight.take()).await?;
         }
         if stopping {
             // Push the acknowledgements out before the connection goes.
@@ -210,49 +235,73 @@ async fn session(
     }
 }
 
-/// Writes one group of messages and acknowledges them; `batch` is emptied.
-///
-/// A store failure is an error of the session (the messages stay
-/// unacknowledged and come back), except rejected input, which is narrowed
-/// down to the messages at fault.
-async fn process(
-    config: &NatsConfig,
-    client: &async_nats::Client,
-    storage: &SharedStorage,
-    stats: &IngestStats,
-    batch: &mut Vec<jetstream::Message>,
+/// Waits for a group's write and acknowledgements.
+async fn finish(
+    task: Option<tokio::task::JoinHandle<Result<(), SessionError>>>,
 ) -> Result<(), SessionError> {
+    match task {
+        None => Ok(()),
+        Some(task) => task.await.map_err(SessionError::from)?,
+    }
+}
+
+/// Parsed messages ready to be written together.
+struct Group {
+    samples: Vec<Sample>,
+    /// The messages and their point counts.
+    messages: Vec<(jetstream::Message, usize)>,
+}
+
+/// Parses a group of messages (emptying `batch`); malformed ones are
+/// dead-lettered at once. `None` when nothing is left to write.
+async fn prepare(
+    context: &Context,
+    client: &async_nats::Client,
+    batch: &mut Vec<jetstream::Message>,
+) -> Option<Group> {
     let mut samples: Vec<Sample> = Vec::new();
-    let mut parsed: Vec<(jetstream::Message, usize)> = Vec::with_capacity(batch.len());
+    let mut messages = Vec::with_capacity(batch.len());
     for message in batch.drain(..) {
         match parse_message(&message.payload) {
             Ok(points) => {
                 let count = points.len();
                 samples.extend(points);
-                parsed.push((message, count));
+                messages.push((message, count));
             }
-            Err(error) => dead_letter(config, client, stats, &message, &error.0).await,
+            Err(error) => dead_letter(context, client, &message, &error.0).await,
         }
     }
-    if parsed.is_empty() {
-        return Ok(());
-    }
-    match storage.write(samples).await {
+    (!messages.is_empty()).then_some(Group { samples, messages })
+}
+
+/// Writes one group with one store write and acknowledges its messages.
+///
+/// A store failure is an error of the session (the messages are
+/// negatively acknowledged and come back), except rejected input, which is
+/// narrowed down to the messages at fault.
+async fn commit(
+    context: Context,
+    client: async_nats::Client,
+    group: Group,
+) -> Result<(), SessionError> {
+    let stats = &context.stats;
+    let storage = &context.storage;
+    match storage.write(group.samples).await {
         Ok(()) => {
-            for (message, count) in &parsed {
+            for (message, count) in &group.messages {
                 acknowledge(message, AckKind::Ack).await;
                 stats.points.fetch_add(*count as u64, Ordering::Relaxed);
             }
             stats
                 .messages
-                .fetch_add(parsed.len() as u64, Ordering::Relaxed);
+                .fetch_add(group.messages.len() as u64, Ordering::Relaxed);
             Ok(())
         }
         Err(StorageError::InvalidInput(reason)) => {
             // Every point was validated, so this is the store's own limit:
             // find the messages it refuses, one by one.
             tracing::warn!(%reason, "store rejected a NATS batch; retrying message by message");
-            for (message, count) in parsed {
+            for (message, count) in group.messages {
                 let samples = parse_message(&message.payload).unwrap_or_default();
                 match storage.write(samples).await {
                     Ok(()) => {
@@ -261,7 +310,7 @@ async fn process(
                         stats.messages.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(StorageError::InvalidInput(reason)) => {
-                        dead_letter(config, client, stats, &message, &reason).await;
+                        dead_letter(&context, &client, &message, &reason).await;
                     }
                     Err(error) => {
                         stats.write_failures.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +323,7 @@ async fn process(
         Err(error) => {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
             // Ask for redelivery soon rather than after `ack_wait`.
-            for (message, _) in &parsed {
+            for (message, _) in &group.messages {
                 acknowledge(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
             }
             Err(error.into())
@@ -292,18 +341,17 @@ async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
 /// Logs, counts, copies to the dead-letter subject and terminates a message
 /// that can never be ingested.
 async fn dead_letter(
-    config: &NatsConfig,
+    context: &Context,
     client: &async_nats::Client,
-    stats: &IngestStats,
     message: &jetstream::Message,
     reason: &str,
 ) {
-    let count = stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+    let count = context.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
     // A flood of garbage must not flood the log too.
     if count <= 100 || count.is_power_of_two() {
         tracing::warn!(subject = %message.subject, %reason, malformed_so_far = count, "dropping malformed NATS message");
     }
-    if let Some(prefix) = &config.dead_letter_prefix {
+    if let Some(prefix) = &context.config.dead_letter_prefix {
         let mut headers = HeaderMap::new();
         // Header values must be one line.
         let reason: String = reason

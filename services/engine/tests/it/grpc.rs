@@ -92,16 +92,21 @@ async fn write_scan_list_and_subscribe_with_a_tonic_client() {
         .into_inner();
     assert_eq!(response.points_written, 4);
 
-    let first = tokio::time::timeout(Duration::from_secs(5), follower.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.timestamps_ms, vec![10]);
-    assert_eq!(first.values, vec![1.5]);
-    let second = follower.next().await.unwrap().unwrap();
-    assert_eq!(second.timestamps_ms, vec![5, 10]);
-    assert!(!second.resync);
+    // Requests that queue up may be merged into one store write, so the
+    // follower sees one or two updates; together, every point in order.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let update = tokio::time::timeout(Duration::from_secs(5), follower.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!update.resync);
+        seen.extend(update.timestamps_ms.into_iter().zip(update.values));
+    }
+    assert_eq!(seen[0], (10, 1.5));
+    assert_eq!(seen[1].0, 5);
+    assert_eq!(seen[2], (10, 5e-324));
 
     let mut scan = client
         .scan(ScanRequest {
@@ -383,4 +388,90 @@ async fn acknowledged_writes_survive_sigkill() {
         "gRPC SIGKILL: {acknowledged} acknowledged, {} stored after restart",
         stored.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_history_and_live_points_and_sigterm_drains_everything() {
+    use crate::ingest_support::{Engine, NatsServer};
+
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::start(dir.path(), &["--demo", "--nats-url", &nats.url()]);
+    let mut client = connect_engine(engine.grpc_url()).await;
+
+    // A week of history at 10 s for five sensors, written at start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let sensors = client
+            .list_sensors(ListSensorsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sensors;
+        let complete = sensors.len() == 5
+            && sensors.iter().all(|s| {
+                s.count >= 60_000
+                    && s.last_timestamp_ms - s.first_timestamp_ms >= 7 * 24 * 3_600_000 - 20_000
+            });
+        if complete {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backfill incomplete: {sensors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Then live points, about once a second, through Subscribe.
+    let mut follower = client
+        .subscribe(SubscribeRequest {
+            sensor_id: "Kessel Ü1/Temperatur".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let update = tokio::time::timeout(Duration::from_secs(10), follower.next())
+        .await
+        .expect("a live demo point within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(update.timestamps_ms.len(), 1, "{update:?}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((now_ms - update.timestamps_ms[0]).abs() < 5_000);
+
+    // SIGTERM: every component stops on the one signal; the open Subscribe
+    // stream ends instead of holding the server up.
+    let pid = engine.child.id().to_string();
+    let started = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = engine.child.wait().unwrap();
+        (status, engine)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match follower.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the Subscribe stream ended");
+    assert!(end.is_none() || end.unwrap().is_err());
 }
