@@ -1,7 +1,13 @@
-//! The one integration-test binary: each module tests one area against real
-//! servers on free ports.
+//! The engine's one integration-test binary (one link, one place to look).
 
-// Ingestion and live view (issue 5).
+mod support;
+
+mod cli;
+mod conformance;
+mod crash;
+mod recovery;
+
+// Ingestion and live view (issue 5): gRPC, NATS, SSE, demo.
 mod grpc;
 mod ingest_support;
 mod nats;

@@ -1,0 +1,141 @@
+//! Opening after damage: a torn WAL tail, a second process.
+
+use std::path::{Path, PathBuf};
+
+use engine::model::TimeRange;
+use engine::storage::StorageEngine;
+use engine::storage::StorageError;
+use engine::storage::embedded::{EmbeddedOptions, EmbeddedStore};
+
+use crate::support::{Rng, engine_bin, open_embedded, point, samples, scan_all, sensor};
+
+fn newest_wal(dir: &Path) -> PathBuf {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segments.sort();
+    segments.pop().expect("a WAL segment")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("wal")).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_wal_opens_with_the_intact_prefix() {
+    let base = tempfile::tempdir().unwrap();
+    let options = EmbeddedOptions::default(); // big head: everything stays in the WAL
+    let id = sensor("torn");
+    let mut rng = Rng::new(3);
+    let mut ends = Vec::new(); // WAL length after each acknowledged batch
+    let mut batches = Vec::new();
+    {
+        let store = open_embedded(base.path(), options.clone()).await;
+        store
+            .write(samples(&sensor("before"), [point(1, 1.0, 192)]))
+            .await
+            .unwrap();
+        store.close().await.unwrap(); // "before" is now in blocks
+    }
+    let store = open_embedded(base.path(), options.clone()).await;
+    let wal = newest_wal(base.path());
+    let start = std::fs::metadata(&wal).unwrap().len();
+    for b in 0..30i64 {
+        let n = rng.range(1, 60);
+        let points: Vec<_> = (0..n)
+            .map(|j| point(b * 100 + j, (b * 100 + j) as f64 * 0.5, 192))
+            .collect();
+        store.write(samples(&id, points.clone())).await.unwrap();
+        ends.push(std::fs::metadata(&wal).unwrap().len());
+        batches.push(points);
+    }
+    drop(store); // no close: the batches live only in the WAL
+    let bytes = std::fs::read(&wal).unwrap();
+    assert_eq!(bytes.len() as u64, *ends.last().unwrap());
+
+    let mut cuts: Vec<u64> = vec![0, 3, 8, start];
+    for &end in &ends {
+        cuts.extend([end - 1, end, end + 1, end.saturating_sub(9)]);
+    }
+    for _ in 0..100 {
+        cuts.push(rng.range(0, bytes.len() as i64) as u64);
+    }
+    cuts.retain(|&c| c <= bytes.len() as u64);
+    for cut in cuts {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(base.path(), copy.path());
+        std::fs::write(
+            copy.path().join("wal").join(wal.file_name().unwrap()),
+            &bytes[..cut as usize],
+        )
+        .unwrap();
+        let store = open_embedded(copy.path(), options.clone()).await;
+        let expected: Vec<_> = ends
+            .iter()
+            .zip(&batches)
+            .filter(|&(&end, _)| end <= cut)
+            .flat_map(|(_, points)| points.iter().copied())
+            .collect();
+        assert_eq!(
+            scan_all(&*store, &id, TimeRange::ALL).await,
+            expected,
+            "cut at {cut}"
+        );
+        assert_eq!(
+            scan_all(&*store, &sensor("before"), TimeRange::ALL)
+                .await
+                .len(),
+            1
+        );
+        // And the recovered store takes new writes that survive a reopen.
+        store
+            .write(samples(&id, [point(1_000_000, 7.0, 192)]))
+            .await
+            .unwrap();
+        drop(store);
+        let store = open_embedded(copy.path(), options.clone()).await;
+        assert_eq!(
+            scan_all(&*store, &id, TimeRange::ALL).await.len(),
+            expected.len() + 1,
+            "cut at {cut}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_opener_gets_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_embedded(dir.path(), EmbeddedOptions::default()).await;
+    store
+        .write(samples(&sensor("x"), [point(1, 1.0, 192)]))
+        .await
+        .unwrap();
+
+    let path = dir.path().to_owned();
+    let second = tokio::task::spawn_blocking(move || EmbeddedStore::open(&path))
+        .await
+        .unwrap();
+    assert!(matches!(second, Err(StorageError::Locked { .. })));
+
+    let output = std::process::Command::new(engine_bin())
+        .args(["sensors", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is in use by another process"), "{stderr}");
+
+    // The first store is unharmed.
+    assert_eq!(
+        scan_all(&*store, &sensor("x"), TimeRange::ALL).await.len(),
+        1
+    );
+}
