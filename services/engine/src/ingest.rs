@@ -11,6 +11,7 @@
 //! the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no literal for them; any
 //! string Rust's `f64` parser takes is accepted, case-insensitively).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,8 +66,11 @@ impl IngestStats {
 }
 
 #[derive(Deserialize)]
-struct JsonPoint {
-    sensor_id: String,
+struct JsonPoint<'a> {
+    /// Borrowed from the payload unless it has escapes: no allocation per
+    /// point for the usual message of one sensor's points.
+    #[serde(borrow)]
+    sensor_id: Cow<'a, str>,
     timestamp_ms: i64,
     value: JsonValue,
     #[serde(default = "good")]
@@ -123,7 +127,7 @@ pub fn parse_message(payload: &[u8]) -> Result<Vec<Sample>, MalformedMessage> {
     let mut last: Option<SensorId> = None;
     for (index, p) in points.into_iter().enumerate() {
         let sensor_id = match &last {
-            Some(id) if id.as_str() == p.sensor_id => id.clone(),
+            Some(id) if id.as_str() == p.sensor_id.as_ref() => id.clone(),
             _ => {
                 let id = SensorId::new(&p.sensor_id).map_err(|e| {
                     MalformedMessage(format!("point {index}: invalid sensor_id: {e}"))
