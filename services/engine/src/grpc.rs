@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::net::TcpListener;
@@ -332,11 +333,17 @@ pub async fn serve(
         hub.close();
     });
     tracing::info!(addr = ?listener.local_addr().ok(), "gRPC listening");
+    // Without nodelay, Nagle's algorithm holds small Subscribe messages
+    // back for tens of milliseconds (the builder's own nodelay setting only
+    // applies to sockets it binds itself).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        // Finds dead peers of long Subscribe streams.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
