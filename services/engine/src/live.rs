@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use axum::Json;
 use axum::Router;
 use axum::extract::Query;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -350,9 +350,14 @@ async fn live_events(
             .into_stream()
             .map(|update| Ok::<_, Infallible>(sse_event(&update))),
     );
-    Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+        .into_response();
+    // Reverse proxies (nginx) would otherwise buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
 }
 
 fn sse_event(update: &LiveUpdate) -> Event {
