@@ -25,7 +25,9 @@ use engine::ingest::nats::NatsConfig;
 use engine::live::LiveStorage;
 use engine::model::{Point, Sample, SensorId, TimeRange};
 use engine::storage::embedded::EmbeddedStore;
-use engine::storage::{SharedStorage, StorageEngine};
+use engine::storage::{
+    ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
+};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
@@ -136,6 +138,42 @@ async fn export_seconds(storage: &SharedStorage, sensor: &SensorId) -> (f64, usi
     (started.elapsed().as_secs_f64(), bytes)
 }
 
+/// The embedded store, timing each write: tells store stalls (fsync,
+/// checkpoints) apart from transport delays in the latency figures.
+struct TimedStore {
+    inner: Arc<EmbeddedStore>,
+    writes: Mutex<Vec<Duration>>,
+}
+
+#[async_trait::async_trait]
+impl StorageEngine for TimedStore {
+    async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
+        let started = Instant::now();
+        let result = self.inner.write(samples).await;
+        self.writes.lock().unwrap().push(started.elapsed());
+        result
+    }
+    fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
+        self.inner.scan(sensor_id, range)
+    }
+    async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
+        self.inner.sensors().await
+    }
+    async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
+        self.inner.sensor(sensor_id).await
+    }
+    async fn import(
+        &self,
+        sensor_id: &SensorId,
+        batches: PointStream,
+    ) -> Result<ImportSummary, StorageError> {
+        self.inner.import(sensor_id, batches).await
+    }
+    async fn close(&self) -> Result<(), StorageError> {
+        self.inner.close().await
+    }
+}
+
 /// The 1/5/15-minute load averages: other work on the machine skews results.
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -158,7 +196,11 @@ async fn run() {
     let nats = Nats::start();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let live = Arc::new(LiveStorage::new(store.clone()));
+    let timed = Arc::new(TimedStore {
+        inner: store.clone(),
+        writes: Mutex::new(Vec::new()),
+    });
+    let live = Arc::new(LiveStorage::new(timed.clone()));
     let hub = live.hub().clone();
     let storage: SharedStorage = live;
     let (stop, stopping) = watch::channel(false);
@@ -173,9 +215,17 @@ async fn run() {
     let js = async_nats::jetstream::new(client);
     let mut rows: Vec<(String, String)> = Vec::new();
 
-    // 1. NATS. First a backlog: the durable consumer is stopped, 2M points
-    // are published, and the consumer is started again to drain them (the
-    // engine alone on the cores). Then publisher and engine concurrently.
+    // The gRPC server, as `engine serve` runs it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let grpc = tokio::spawn(engine::grpc::serve(
+        listener,
+        storage.clone(),
+        hub.clone(),
+        signal(),
+    ));
+    let url = format!("http://{addr}");
+    // The NATS consumer (stopped after the latency phase, for the backlog).
     let stats = Arc::new(IngestStats::default());
     let (first_stop, first_stopping) = watch::channel(false);
     let first = tokio::spawn(engine::ingest::nats::run(
@@ -193,84 +243,8 @@ async fn run() {
     while stats.connects.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = first_stop.send(true);
-    first.await.unwrap();
-    let messages = 20_000 / scale;
-    let total = (messages * POINTS_PER_MESSAGE) as u64;
-    publish_backlog(&js, "backlog", messages).await;
-    let started = Instant::now();
-    let consumer = tokio::spawn(engine::ingest::nats::run(
-        NatsConfig::new(nats.url()),
-        storage.clone(),
-        stats.clone(),
-        signal(),
-    ));
-    wait_points(&stats, total).await;
-    let backlog_rate = total as f64 / started.elapsed().as_secs_f64();
-    rows.push((
-        format!("NATS ingest, draining a backlog ({total} points, 100/message, acked after fsync)"),
-        format!("{backlog_rate:.0} points/s"),
-    ));
-    let base = stats.points.load(Ordering::Relaxed);
-    let total = (messages * POINTS_PER_MESSAGE) as u64;
-    let started = Instant::now();
-    publish_backlog(&js, "live", messages).await;
-    wait_points(&stats, base + total).await;
-    let live_rate = total as f64 / started.elapsed().as_secs_f64();
-    rows.push((
-        format!("NATS ingest, publisher and engine concurrently ({total} points, 100/message, acked after fsync)"),
-        format!("{:.0} points/s", live_rate),
-    ));
-
-    // 2. gRPC Write: one stream of 10k-point requests, and 4 streams.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let grpc = tokio::spawn(engine::grpc::serve(
-        listener,
-        storage.clone(),
-        hub.clone(),
-        signal(),
-    ));
-    let url = format!("http://{addr}");
-    for streams in [1usize, 4] {
-        let per_stream = 2_000_000 / scale as i64 / streams as i64;
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for s in 0..streams {
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut client = SensorEngineClient::connect(url).await.unwrap();
-                let sensor = format!("grpc/{streams}/{s}");
-                let requests = (0..per_stream / 10_000).map(move |r| WriteRequest {
-                    points: (r * 10_000..(r + 1) * 10_000)
-                        .map(|ts| PbPoint {
-                            sensor_id: sensor.clone(),
-                            timestamp_ms: ts,
-                            value: ts as f64 * 0.1,
-                            quality: 192,
-                        })
-                        .collect(),
-                });
-                client
-                    .write(futures_util::stream::iter(requests))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .points_written
-            }));
-        }
-        let mut written = 0;
-        for task in tasks {
-            written += task.await.unwrap();
-        }
-        let rate = written as f64 / started.elapsed().as_secs_f64();
-        rows.push((
-            format!("gRPC Write, {streams} stream(s) of 10k-point requests ({written} points)"),
-            format!("{rate:.0} points/s"),
-        ));
-    }
-
-    // 3. Publish (NATS) to visible (gRPC Subscribe) at 10k points/s.
+    // 1. Publish (NATS) to visible (gRPC Subscribe) at 10k points/s, on a
+    // fresh store: the steady state of a plant.
     let mut client = SensorEngineClient::connect(url.clone()).await.unwrap();
     let mut follower = client
         .subscribe(SubscribeRequest {
@@ -319,7 +293,8 @@ async fn run() {
         }
     }
     publisher.await.unwrap();
-    latencies.sort();
+    let mut writes = std::mem::take(&mut *timed.writes.lock().unwrap());
+    writes.sort();
     if !latencies.is_empty() {
         rows.push((
             format!(
@@ -332,6 +307,94 @@ async fn run() {
                 percentile(&latencies, 0.99).as_secs_f64() * 1e3,
                 latencies.last().unwrap().as_secs_f64() * 1e3
             ),
+        ));
+    }
+
+    if !writes.is_empty() {
+        rows.push((
+            format!(
+                "Store writes during that phase ({}): p50 / p99 / max",
+                writes.len()
+            ),
+            format!(
+                "{:.1} / {:.1} / {:.1} ms",
+                percentile(&writes, 0.5).as_secs_f64() * 1e3,
+                percentile(&writes, 0.99).as_secs_f64() * 1e3,
+                writes.last().unwrap().as_secs_f64() * 1e3
+            ),
+        ));
+    }
+
+    // 2. NATS throughput. A backlog first: the durable consumer is stopped,
+    // 2M points are published, and the consumer is started again to drain
+    // them (the engine alone on the cores). Then publisher and engine
+    // concurrently.
+    let _ = first_stop.send(true);
+    first.await.unwrap();
+    let messages = 20_000 / scale;
+    let total = (messages * POINTS_PER_MESSAGE) as u64;
+    publish_backlog(&js, "backlog", messages).await;
+    let base = stats.points.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let consumer = tokio::spawn(engine::ingest::nats::run(
+        NatsConfig::new(nats.url()),
+        storage.clone(),
+        stats.clone(),
+        signal(),
+    ));
+    wait_points(&stats, base + total).await;
+    let backlog_rate = total as f64 / started.elapsed().as_secs_f64();
+    rows.push((
+        format!("NATS ingest, draining a backlog ({total} points, 100/message, acked after fsync)"),
+        format!("{backlog_rate:.0} points/s"),
+    ));
+    let base = stats.points.load(Ordering::Relaxed);
+    let total = (messages * POINTS_PER_MESSAGE) as u64;
+    let started = Instant::now();
+    publish_backlog(&js, "live", messages).await;
+    wait_points(&stats, base + total).await;
+    let live_rate = total as f64 / started.elapsed().as_secs_f64();
+    rows.push((
+        format!("NATS ingest, publisher and engine concurrently ({total} points, 100/message, acked after fsync)"),
+        format!("{:.0} points/s", live_rate),
+    ));
+
+    // 3. gRPC Write: one stream of 10k-point requests, and 4 streams.
+    for streams in [1usize, 4] {
+        let per_stream = 2_000_000 / scale as i64 / streams as i64;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..streams {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = SensorEngineClient::connect(url).await.unwrap();
+                let sensor = format!("grpc/{streams}/{s}");
+                let requests = (0..per_stream / 10_000).map(move |r| WriteRequest {
+                    points: (r * 10_000..(r + 1) * 10_000)
+                        .map(|ts| PbPoint {
+                            sensor_id: sensor.clone(),
+                            timestamp_ms: ts,
+                            value: ts as f64 * 0.1,
+                            quality: 192,
+                        })
+                        .collect(),
+                });
+                client
+                    .write(futures_util::stream::iter(requests))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .points_written
+            }));
+        }
+        let mut written = 0;
+        for task in tasks {
+            written += task.await.unwrap();
+        }
+        let rate = written as f64 / started.elapsed().as_secs_f64();
+        rows.push((
+            format!("gRPC Write, {streams} stream(s) of 10k-point requests ({written} points)"),
+            format!("{rate:.0} points/s"),
         ));
     }
 
