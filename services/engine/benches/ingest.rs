@@ -293,6 +293,7 @@ async fn run() {
         }
     }
     publisher.await.unwrap();
+    latencies.sort();
     let mut writes = std::mem::take(&mut *timed.writes.lock().unwrap());
     writes.sort();
     if !latencies.is_empty() {
