@@ -1,0 +1,142 @@
+import { useEffect, useMemo, useState } from 'react';
+import { useSensors } from '../api/get-sensors';
+import { useSeries } from '../api/get-series';
+import { useLive } from '../hooks/use-live';
+import { useUrlState } from '../hooks/use-url-state';
+import type { SensorInfo } from '../types';
+import { appendLive, fromResponse, type Points } from '../utils/series';
+import { isRelative, relativeFrom, resolveRange, zoomOut, type AbsoluteRange, type RawRange } from '../utils/time-range';
+import { SensorPicker } from './SensorPicker';
+import { TimeRangePicker } from './TimeRangePicker';
+import { TrendChart } from './TrendChart';
+
+const DEFAULT_RANGE: RawRange = { from: 'now-6h', to: 'now' };
+
+/** The sensor's whole span as a range (end exclusive), or null when it has no points. */
+export function fullSpan(s: SensorInfo): RawRange | null {
+  if (s.count === 0 || s.first_timestamp_ms === null || s.last_timestamp_ms === null) return null;
+  return { from: String(s.first_timestamp_ms), to: String(s.last_timestamp_ms + 1) };
+}
+
+/** Points asked of the server: four (first/min/max/last) per pixel column. */
+function maxPointsFor(width: number): number {
+  return Math.min(8000, 4 * Math.max(300, Math.round(width / 100) * 100));
+}
+
+/**
+ * The dashboard page: sensor picker, time range and live toggle, and the trend
+ * chart. All of its state is the URL's (`?sensor=&from=&to=&live=1`).
+ */
+export function Dashboard() {
+  const { state: url, at, navigate, refresh } = useUrlState();
+  const sensors = useSensors();
+  const list = sensors.data?.sensors;
+  const info = useMemo(() => list?.find((s) => s.sensor_id === url.sensor), [list, url.sensor]);
+  const [maxPoints] = useState(() => maxPointsFor(window.innerWidth - 96));
+  const [chartHeight] = useState(() => Math.max(260, Math.min(560, window.innerHeight - 340)));
+
+  // `/?sensor=ID` alone: show the sensor's whole span, and put it in the URL.
+  const needsDefault = url.sensor !== null && (url.from === null || url.to === null);
+  useEffect(() => {
+    if (!needsDefault || !list) return;
+    navigate((info && fullSpan(info)) ?? DEFAULT_RANGE, { replace: true });
+  }, [needsDefault, list, info, navigate]);
+
+  const raw: RawRange | null = url.from !== null && url.to !== null ? { from: url.from, to: url.to } : needsDefault ? null : DEFAULT_RANGE;
+  const resolved = raw ? resolveRange(raw, at) : null;
+  const range: AbsoluteRange | null = resolved?.ok ? resolved.range : null;
+  const span = range ? range.end - range.start : 0;
+
+  const series = useSeries(url.sensor !== null && range ? { sensorId: url.sensor, start: range.start, end: range.end, maxPoints } : null);
+  const live = useLive(url.sensor, url.live && range !== null, span);
+
+  useEffect(() => {
+    document.title = url.sensor ? `${url.sensor} · Sensor trends` : 'Sensor trends';
+  }, [url.sensor]);
+
+  // In live mode the window slides with the clock and pushed points are appended.
+  const chartRange: AbsoluteRange | null = range && url.live ? { start: live.now - span, end: live.now + 1 } : range;
+  const base = useMemo<Points | undefined>(() => (series.data ? fromResponse(series.data) : undefined), [series.data]);
+  const merged = useMemo(() => {
+    if (!base || !url.live || !chartRange) return base ? { points: base, added: 0 } : undefined;
+    return appendLive(base, live.buffer, chartRange.start);
+    // chartRange.start follows live.now
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [base, url.live, live.buffer, chartRange?.start]);
+
+  const setRange = (r: RawRange) => navigate({ ...r, live: url.live && r.to === 'now' });
+  const setAbsolute = (r: AbsoluteRange) => navigate({ from: String(r.start), to: String(r.end), live: false });
+  const toggleLive = () => {
+    if (!range) return;
+    if (url.live) setAbsolute({ start: chartRange!.start, end: chartRange!.end });
+    else navigate({ from: raw && isRelative(raw.from) && raw.to === 'now' ? raw.from : relativeFrom(span), to: 'now', live: true });
+  };
+
+  return (
+    <main className="dashboard">
+      <div className="toolbar" role="toolbar" aria-label="Dashboard controls">
+        <SensorPicker
+          sensors={list}
+          loading={sensors.status === 'loading'}
+          error={sensors.error}
+          value={url.sensor}
+          onChange={(id) => navigate({ sensor: id })}
+        />
+        {raw && <TimeRangePicker value={raw} onChange={setRange} now={at} />}
+        <div className="toolbar-buttons">
+          <button type="button" aria-pressed={url.live} onClick={toggleLive} disabled={!range} className={url.live ? 'live-on' : undefined}>
+            {url.live ? '● Live' : 'Live'}
+          </button>
+          {raw && isRelative(raw.to) && !url.live && (
+            <button type="button" onClick={refresh}>
+              Refresh
+            </button>
+          )}
+        </div>
+      </div>
+
+      {resolved && !resolved.ok && (
+        <p className="notice notice-error" role="alert">
+          {resolved.message}
+        </p>
+      )}
+
+      {url.sensor === null ? (
+        <div className="state intro" role="status">
+          {sensors.status === 'success' && list?.length === 0 ? (
+            <p>No sensors yet. Load data with <code>engine import --sensor ID FILE</code>, then reload.</p>
+          ) : sensors.status === 'error' ? (
+            <p className="error-text">The sensor list could not be loaded: {sensors.error}</p>
+          ) : (
+            <p>Choose a sensor above to see its trend.</p>
+          )}
+        </div>
+      ) : chartRange ? (
+        <TrendChart
+          sensorId={url.sensor}
+          range={chartRange}
+          status={series.status === 'error' ? 'error' : series.status === 'success' ? 'ready' : 'loading'}
+          error={series.error}
+          points={merged?.points}
+          rawCount={series.data ? series.data.count + (merged?.added ?? 0) : undefined}
+          downsampled={series.data?.downsampled}
+          live={live.status}
+          updating={series.status === 'loading' && !!series.data}
+          height={chartHeight}
+          onZoom={setAbsolute}
+          onZoomOut={() => setAbsolute(zoomOut(chartRange))}
+          onZoomIn={() => {
+            const q = Math.max(1, Math.floor((chartRange.end - chartRange.start) / 4));
+            setAbsolute({ start: chartRange.start + q, end: chartRange.end - q });
+          }}
+          onRetry={series.reload}
+          emptyAction={info && fullSpan(info) ? { label: 'Show all data of this sensor', run: () => navigate({ ...fullSpan(info)!, live: false }) } : undefined}
+        />
+      ) : needsDefault ? (
+        <div className="state" role="status">
+          Loading sensor…
+        </div>
+      ) : null}
+    </main>
+  );
+}
