@@ -15,5 +15,7 @@ export default defineConfig({
     include: ['src/**/*.test.{ts,tsx}'],
     setupFiles: ['src/testing/setup.ts'],
     restoreMocks: true,
+    // Times are shown in the browser's zone; tests pin one with a DST change.
+    env: { TZ: 'Europe/Berlin' },
   },
 });
