@@ -24,6 +24,7 @@ export default tseslint.config(
   {
     files: ['**/*.{js,mjs}'],
     extends: [js.configs.recommended],
-    languageOptions: { globals: { ...globals.node } },
+    // e2e scripts run in Node and hand functions to the page, so both sets of globals.
+    languageOptions: { globals: { ...globals.node, ...globals.browser } },
   },
 );
