@@ -75,7 +75,6 @@ export function TimeRangePicker({ value, onChange, now }: TimeRangePickerProps) 
         aria-label={`Time range: ${describeRange(value)}`}
         onClick={() => (open ? close() : show())}
       >
-        <span aria-hidden="true">🕑 </span>
         {describeRange(value)}
         <span className="zone"> · {zoneLabel(resolved.ok ? resolved.range.start : now)}</span>
       </button>

@@ -4,7 +4,7 @@ import { UPlotChart } from '@/components/UPlotChart';
 import { useExport } from '../hooks/use-export';
 import type { LiveStatus } from '../hooks/use-live';
 import { formatCount, EXCEL_MAX_ROWS, toChartSeries, type Points, type QualitySpan } from '../utils/series';
-import { formatTime, zoneLabel, type AbsoluteRange } from '../utils/time-range';
+import { formatTick, formatTime, zoneLabel, type AbsoluteRange } from '../utils/time-range';
 
 export interface TrendChartProps {
   sensorId: string;
@@ -71,7 +71,13 @@ export function TrendChart(props: TrendChartProps) {
       ms: 1,
       scales: { x: { time: true, range: () => [live$.current.range.start, live$.current.range.end] } },
       axes: [
-        { stroke: COLORS.axis, grid: { stroke: COLORS.grid, width: 1 }, ticks: { stroke: COLORS.grid } },
+        {
+          stroke: COLORS.axis,
+          grid: { stroke: COLORS.grid, width: 1 },
+          ticks: { stroke: COLORS.grid },
+          size: 52,
+          values: (_u, splits, _axis, _space, incr) => splits.map((v, i) => formatTick(v, incr, i > 0 ? splits[i - 1]! : null)),
+        },
         { stroke: COLORS.axis, grid: { stroke: COLORS.grid, width: 1 }, ticks: { stroke: COLORS.grid }, size: 64 },
       ],
       series: [

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { describeRange, formatDuration, formatTime, isRelative, parseTime, relativeFrom, resolveRange, zoneLabel, zoomOut } from './time-range';
+import { describeRange, formatDuration, formatTick, formatTime, isRelative, parseTime, relativeFrom, resolveRange, zoneLabel, zoomOut } from './time-range';
 
 const NOW = Date.UTC(2026, 0, 10, 12, 0, 0); // 13:00 in Berlin
 
@@ -75,5 +75,16 @@ describe('zoom and live helpers', () => {
     expect(relativeFrom(7 * 86_400_000)).toBe('now-1w');
     expect(relativeFrom(90 * 60_000)).toBe('now-90m');
     expect(relativeFrom(1500)).toBe('now-2s');
+  });
+});
+
+describe('formatTick', () => {
+  const t = Date.UTC(2026, 0, 1, 22, 30); // 23:30 in Berlin
+  it('is 24-hour local time, with the date on the first tick and at a new day', () => {
+    expect(formatTick(t, 300_000, null)).toBe('23:30\n2026-01-01');
+    expect(formatTick(t, 300_000, t - 300_000)).toBe('23:30');
+    expect(formatTick(t + 3_600_000, 3_600_000, t)).toBe('00:30\n2026-01-02');
+    expect(formatTick(t + 1500, 500, t + 1000)).toBe('23:30:01.500');
+    expect(formatTick(t, 86_400_000, null)).toBe('2026-01-01');
   });
 });

@@ -148,3 +148,19 @@ export function formatDuration(ms: number): string {
   }
   return `${ms} ms`;
 }
+
+/**
+ * A time-axis tick label in 24-hour local time, as precise as the tick spacing
+ * needs; the date is added on the first tick and wherever the day changes.
+ */
+export function formatTick(ms: number, incrMs: number, prevMs: number | null): string {
+  const d = new Date(ms);
+  const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  if (incrMs >= 86_400_000) return date;
+  let time = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  if (incrMs < 60_000) time += `:${pad(d.getSeconds())}`;
+  if (incrMs < 1_000) time += `.${pad(d.getMilliseconds(), 3)}`;
+  const p = prevMs === null ? null : new Date(prevMs);
+  const newDay = p === null || p.getDate() !== d.getDate() || p.getMonth() !== d.getMonth() || p.getFullYear() !== d.getFullYear();
+  return newDay ? `${time}\n${date}` : time;
+}
