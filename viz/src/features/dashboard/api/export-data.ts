@@ -41,7 +41,7 @@ export async function checkExport(q: ExportQuery, signal?: AbortSignal): Promise
     await getSensor(q.sensorId, signal);
   } catch (e) {
     if (isAbort(e)) throw e;
-    if (e instanceof ApiError && e.status === 404) return `Sensor "${q.sensorId}" not found. ${e.message === 'Not found.' ? '' : e.message}`.trim();
+    if (e instanceof ApiError && e.status === 404) return `Sensor "${q.sensorId}" not found.`;
     return e instanceof Error ? e.message : String(e);
   }
   const probe = new AbortController();
