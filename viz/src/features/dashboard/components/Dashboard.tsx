@@ -56,7 +56,9 @@ export function Dashboard() {
 
   // In live mode the window slides with the clock and pushed points are appended.
   const chartRange: AbsoluteRange | null = range && url.live ? { start: live.now - span, end: live.now + 1 } : range;
-  const base = useMemo<Points | undefined>(() => (series.data ? fromResponse(series.data) : undefined), [series.data]);
+  // While another sensor loads, its predecessor's points must not be drawn under its name.
+  const current = series.data && series.data.sensor_id === url.sensor ? series.data : undefined;
+  const base = useMemo<Points | undefined>(() => (current ? fromResponse(current) : undefined), [current]);
   const merged = useMemo(() => {
     if (!base || !url.live || !chartRange) return base ? { points: base, added: 0 } : undefined;
     return appendLive(base, live.buffer, chartRange.start);
@@ -118,10 +120,10 @@ export function Dashboard() {
           status={series.status === 'error' ? 'error' : series.status === 'success' ? 'ready' : 'loading'}
           error={series.error}
           points={merged?.points}
-          rawCount={series.data ? series.data.count + (merged?.added ?? 0) : undefined}
-          downsampled={series.data?.downsampled}
+          rawCount={current ? current.count + (merged?.added ?? 0) : undefined}
+          downsampled={current?.downsampled}
           live={live.status}
-          updating={series.status === 'loading' && !!series.data}
+          updating={series.status === 'loading' && !!current}
           height={chartHeight}
           onZoom={setAbsolute}
           onZoomOut={() => setAbsolute(zoomOut(chartRange))}
