@@ -87,7 +87,8 @@ export function Dashboard() {
         {raw && <TimeRangePicker value={raw} onChange={setRange} now={at} />}
         <div className="toolbar-buttons">
           <button type="button" aria-pressed={url.live} onClick={toggleLive} disabled={!range} className={url.live ? 'live-on' : undefined}>
-            {url.live ? '● Live' : 'Live'}
+            {url.live && <span aria-hidden="true">● </span>}
+            Live
           </button>
           {raw && isRelative(raw.to) && !url.live && (
             <button type="button" onClick={refresh}>
