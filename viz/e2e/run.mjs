@@ -90,6 +90,8 @@ async function startEngine(dataDir) {
   const base = `http://127.0.0.1:${port}`;
   const proc = spawn(ENGINE_BIN, ['serve', '--data-dir', dataDir, '--http-addr', `127.0.0.1:${port}`, '--web-dir', DIST], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    // gRPC on a free port too, so a developer's running engine does not collide; no NATS.
+    env: Object.fromEntries(Object.entries({ ...process.env, ENGINE_GRPC_ADDR: '127.0.0.1:0' }).filter(([k]) => k !== 'ENGINE_NATS_URL')),
   });
   let log = '';
   proc.stdout.on('data', (d) => (log += d));
