@@ -335,17 +335,17 @@ async function main() {
     await test(`first chart of a ${BIG_N.toLocaleString('en-US')}-point range within ${FIRST_CHART_BUDGET_MS} ms of navigation`, async () => {
       const big = await context.newPage();
       const url = link(BIG, T0, T0 + BIG_N * 1000);
-      await big.goto(url); // warm: the engine's caches, the browser's parse cache
-      await waitForChart(big, 30_000);
+      // The first load is cold (a new page, the engine's first scan of this range).
       const times = [];
-      for (let i = 0; i < 3; i++) {
-        await big.goto('about:blank');
+      for (let i = 0; i < 4; i++) {
+        if (i > 0) await big.goto('about:blank');
         await big.goto(url);
         await waitForChart(big, 30_000);
         times.push(await big.evaluate(() => performance.getEntriesByName('first-chart')[0]?.startTime ?? NaN));
       }
-      firstChart = Math.min(...times);
-      console.log(`first chart: ${times.map((t) => t.toFixed(0)).join(', ')} ms (best ${firstChart.toFixed(0)} ms)`);
+      firstChart = Math.max(...times);
+      const sorted = times.slice(1).sort((a, b) => a - b);
+      console.log(`first chart after navigation: cold ${times[0].toFixed(0)} ms, warm ${times.slice(1).map((t) => t.toFixed(0)).join(', ')} ms (median ${sorted[1].toFixed(0)} ms)`);
       eq(await big.getByTestId('raw-count').textContent(), BIG_N.toLocaleString('en-US'), 'raw count');
       assert(await big.getByText(/drawn \(min\/max kept per pixel\)/).isVisible(), 'downsampled');
       await big.screenshot({ path: join(OUT, 'big.png') });
@@ -375,9 +375,9 @@ async function main() {
       await waitForChart(page);
       await page.getByRole('button', { name: /^Time range:/ }).focus();
       await page.keyboard.press('Enter');
-      const fromBox = page.getByLabel('From');
+      const fromBox = page.getByLabel('From', { exact: true });
       await fromBox.fill('2026-01-01 01:20');
-      await page.getByLabel('To').fill('2026-01-01 01:30');
+      await page.getByLabel('To', { exact: true }).fill('2026-01-01 01:30');
       await page.keyboard.press('Enter');
       await page.waitForFunction(() => new URL(location.href).searchParams.get('from') === String(Date.UTC(2026, 0, 1, 0, 20)));
       eq(urlRange(page).to, String(T0 + 30 * 60_000), 'to in URL');
@@ -422,7 +422,7 @@ async function main() {
       assert(unexpected.length === 0, unexpected.join('\n'));
     });
 
-    console.log(`measured: bundle ${bundle.js.toFixed(1)} KB JS gzipped; first chart ${Number.isNaN(firstChart) ? 'n/a' : firstChart.toFixed(0) + ' ms'} (${BIG_N.toLocaleString('en-US')} points)`);
+    console.log(`measured: bundle ${bundle.js.toFixed(1)} KB JS gzipped; first chart at worst ${Number.isNaN(firstChart) ? 'n/a' : firstChart.toFixed(0) + ' ms'} after navigation (${BIG_N.toLocaleString('en-US')}-point range)`);
     console.log(`screenshots in ${OUT}`);
   } catch (e) {
     results.push({ name: 'setup', status: 'failed' });
