@@ -132,7 +132,7 @@ export function Dashboard() {
             const q = Math.max(1, Math.floor((chartRange.end - chartRange.start) / 4));
             setAbsolute({ start: chartRange.start + q, end: chartRange.end - q });
           }}
-          onRetry={series.reload}
+          onRetry={/not found/i.test(series.error ?? '') ? undefined : series.reload}
           emptyAction={info && fullSpan(info) ? { label: 'Show all data of this sensor', run: () => navigate({ ...fullSpan(info)!, live: false }) } : undefined}
         />
       ) : needsDefault ? (

@@ -46,7 +46,7 @@ describe('TrendChart', () => {
     expect(showAll).toHaveBeenCalled();
     const retry = vi.fn();
     rerender(<TrendChart {...props({ status: 'error', error: 'sensor not found', points: undefined, rawCount: undefined, onRetry: retry })} />);
-    expect(screen.getByRole('alert').textContent).toContain('sensor not found');
+    expect(screen.getByRole('alert').textContent).toContain('Sensor not found');
   });
 
   it('"Export CSV" checks first, then downloads exactly the sensor and range on screen', async () => {

@@ -4,7 +4,7 @@ import { UPlotChart } from '@/components/UPlotChart';
 import { useExport } from '../hooks/use-export';
 import type { LiveStatus } from '../hooks/use-live';
 import { formatCount, EXCEL_MAX_ROWS, toChartSeries, type Points, type QualitySpan } from '../utils/series';
-import { formatTick, formatTime, zoneLabel, type AbsoluteRange } from '../utils/time-range';
+import { formatTick, formatTime, snapRange, zoneLabel, type AbsoluteRange } from '../utils/time-range';
 
 export interface TrendChartProps {
   sensorId: string;
@@ -49,6 +49,8 @@ function drawQualityStripes(u: uPlot, spans: QualitySpan[]) {
   ctx.restore();
 }
 
+const capitalize = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
+
 /**
  * The trend of one sensor over the range on screen, with its header: raw point
  * count, quality legend, zoom buttons and "Export CSV". Points come in through
@@ -83,8 +85,8 @@ export function TrendChart(props: TrendChartProps) {
       series: [
         { label: 'Time', value: (_u, v) => (v == null ? '–' : formatTime(v)) },
         { label: 'Value', stroke: COLORS.line, width: 1.5, points: { show: false } },
-        { label: 'Uncertain', stroke: COLORS.uncertain, width: 0, paths: () => null, points: { show: true, size: 7, stroke: COLORS.uncertain, fill: COLORS.uncertain } },
-        { label: 'Bad', stroke: COLORS.bad, width: 0, paths: () => null, points: { show: true, size: 8, stroke: COLORS.bad, fill: COLORS.bad } },
+        { label: 'Uncertain', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.uncertain, width: 0, paths: () => null, points: { show: true, size: 7, stroke: COLORS.uncertain, fill: COLORS.uncertain } },
+        { label: 'Bad', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.bad, width: 0, paths: () => null, points: { show: true, size: 8, stroke: COLORS.bad, fill: COLORS.bad } },
       ],
       cursor: { drag: { x: true, y: false, setScale: false } },
       hooks: {
@@ -100,10 +102,10 @@ export function TrendChart(props: TrendChartProps) {
           (u) => {
             const { left, width } = u.select;
             if (width < 3) return;
-            const start = Math.floor(u.posToVal(left, 'x'));
-            const end = Math.ceil(u.posToVal(left + width, 'x'));
+            const from = u.posToVal(left, 'x');
+            const to = u.posToVal(left + width, 'x');
             u.setSelect({ left: 0, top: 0, width: 0, height: 0 }, false);
-            if (end > start) live$.current.onZoom({ start, end });
+            if (to > from) live$.current.onZoom(snapRange(from, to, (to - from) / width));
           },
         ],
       },
@@ -127,7 +129,7 @@ export function TrendChart(props: TrendChartProps) {
         <div className="trend-title">
           <h2 id="trend-title">{sensorId}</h2>
           <p className="trend-meta" aria-live="polite">
-            {rawCount !== undefined ? (
+            {status === 'error' && rawCount === undefined ? null : rawCount !== undefined ? (
               <>
                 <span data-testid="raw-count">{formatCount(rawCount)}</span> raw points in range
                 {series && (downsampled ? ` · ${formatCount(series.data[0].length)} drawn (min/max kept per pixel)` : ' · all drawn')}
@@ -187,7 +189,7 @@ export function TrendChart(props: TrendChartProps) {
       <div className="trend-body" style={{ minHeight: height }}>
         {status === 'error' && !hasPoints ? (
           <div className="state state-error" role="alert">
-            <p>{error ?? 'Loading the points failed.'}</p>
+            <p>{capitalize(error ?? 'Loading the points failed.')}</p>
             {props.onRetry && <button type="button" onClick={props.onRetry}>Retry</button>}
           </div>
         ) : status === 'loading' && !series ? (

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { describeRange, formatDuration, formatTick, formatTime, isRelative, parseTime, relativeFrom, resolveRange, zoneLabel, zoomOut } from './time-range';
+import { describeRange, formatDuration, formatTick, snapRange, formatTime, isRelative, parseTime, relativeFrom, resolveRange, zoneLabel, zoomOut } from './time-range';
 
 const NOW = Date.UTC(2026, 0, 10, 12, 0, 0); // 13:00 in Berlin
 
@@ -86,5 +86,14 @@ describe('formatTick', () => {
     expect(formatTick(t + 3_600_000, 3_600_000, t)).toBe('00:30\n2026-01-02');
     expect(formatTick(t + 1500, 500, t + 1000)).toBe('23:30:01.500');
     expect(formatTick(t, 86_400_000, null)).toBe('2026-01-01');
+  });
+});
+
+describe('snapRange', () => {
+  it('rounds the ends outwards as finely as the pixels allow', () => {
+    expect(snapRange(1_199_527, 2_039_244, 650)).toEqual({ start: 1_199_000, end: 2_040_000 });
+    expect(snapRange(1_199_527, 2_039_244, 40_000)).toEqual({ start: 1_140_000, end: 2_040_000 });
+    expect(snapRange(1005, 1007, 0.01)).toEqual({ start: 1005, end: 1007 });
+    expect(snapRange(1_000, 1_000, 5_000)).toEqual({ start: 1_000, end: 2_000 });
   });
 });

@@ -164,3 +164,14 @@ export function formatTick(ms: number, incrMs: number, prevMs: number | null): s
   const newDay = p === null || p.getDate() !== d.getDate() || p.getMonth() !== d.getMonth() || p.getFullYear() !== d.getFullYear();
   return newDay ? `${time}\n${date}` : time;
 }
+
+/**
+ * A drag-selected range with round ends: to whole minutes, seconds, … as fine as
+ * about two pixels of the chart allow, so zoomed links read well.
+ */
+export function snapRange(start: number, end: number, msPerPixel: number): AbsoluteRange {
+  const unit = [60_000, 1_000, 100, 10, 1].find((u) => u <= 2 * msPerPixel) ?? 1;
+  const s = Math.floor(start / unit) * unit;
+  const e = Math.ceil(end / unit) * unit;
+  return { start: s, end: e > s ? e : s + unit };
+}
