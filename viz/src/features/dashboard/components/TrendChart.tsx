@@ -71,6 +71,8 @@ export function TrendChart(props: TrendChartProps) {
   const options = useMemo<Omit<uPlot.Options, 'width' | 'height'>>(
     () => ({
       ms: 1,
+      // Room on the right for the last tick's date label.
+      padding: [12, 36, 0, 0],
       scales: { x: { time: true, range: () => [live$.current.range.start, live$.current.range.end] } },
       axes: [
         {
