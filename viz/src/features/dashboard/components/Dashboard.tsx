@@ -86,11 +86,11 @@ export function Dashboard() {
         />
         {raw && <TimeRangePicker value={raw} onChange={setRange} now={at} />}
         <div className="toolbar-buttons">
-          <button type="button" aria-pressed={url.live} onClick={toggleLive} disabled={!range} className={url.live ? 'live-on' : undefined}>
+          <button type="button" aria-pressed={url.live} onClick={toggleLive} disabled={!range || url.sensor === null} className={url.live ? 'live-on' : undefined}>
             {url.live && <span aria-hidden="true">● </span>}
             Live
           </button>
-          {raw && isRelative(raw.to) && !url.live && (
+          {raw && url.sensor !== null && isRelative(raw.to) && !url.live && (
             <button type="button" onClick={refresh}>
               Refresh
             </button>
