@@ -38,9 +38,9 @@ export function Dashboard() {
   // `/?sensor=ID` alone: show the sensor's whole span, and put it in the URL.
   const needsDefault = url.sensor !== null && (url.from === null || url.to === null);
   useEffect(() => {
-    if (!needsDefault || !list) return;
+    if (!needsDefault || (!list && sensors.status !== 'error')) return;
     navigate((info && fullSpan(info)) ?? DEFAULT_RANGE, { replace: true });
-  }, [needsDefault, list, info, navigate]);
+  }, [needsDefault, list, info, navigate, sensors.status]);
 
   const raw: RawRange | null = url.from !== null && url.to !== null ? { from: url.from, to: url.to } : needsDefault ? null : DEFAULT_RANGE;
   const resolved = raw ? resolveRange(raw, at) : null;
