@@ -215,6 +215,12 @@ async function main() {
     console.log(`imported ${SMALL_POINTS.length + BIG_N + 1} points in ${Date.now() - t} ms`);
     engine = await startEngine(dataDir);
     console.log(`engine at ${engine.base}`);
+    const api = await fetch(`${engine.base}/api/v1/sensors`);
+    if (!api.ok || !(api.headers.get('content-type') ?? '').includes('json')) {
+      throw new Error(`${ENGINE_BIN} answers /api/v1/sensors with HTTP ${api.status}: was it built from a branch without the HTTP API?`);
+    }
+    const index = await fetch(`${engine.base}/?sensor=x`);
+    if (!index.ok) throw new Error(`the engine does not serve the dashboard from ${DIST} (HTTP ${index.status} for /)`);
 
     browser = await chromium.launch({
       executablePath: CHROMIUM,

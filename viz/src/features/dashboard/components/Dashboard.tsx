@@ -1,4 +1,4 @@
-import { useEffect, useMemo, useState } from 'react';
+import { useCallback, useEffect, useMemo, useState } from 'react';
 import { useSensors } from '../api/get-sensors';
 import { useSeries } from '../api/get-series';
 import { useLive } from '../hooks/use-live';
@@ -18,9 +18,12 @@ export function fullSpan(s: SensorInfo): RawRange | null {
   return { from: String(s.first_timestamp_ms), to: String(s.last_timestamp_ms + 1) };
 }
 
-/** Points asked of the server: four (first/min/max/last) per pixel column. */
-function maxPointsFor(width: number): number {
-  return Math.min(8000, 4 * Math.max(300, Math.round(width / 100) * 100));
+/**
+ * Points asked of the server: four (first/min/max/last) per pixel column of the
+ * plot, so the M4 buckets line up with the pixels (the server caps at 10,000).
+ */
+export function maxPointsFor(plotPixels: number): number {
+  return Math.min(10_000, 4 * Math.max(100, Math.round(plotPixels)));
 }
 
 /**
@@ -32,7 +35,10 @@ export function Dashboard() {
   const sensors = useSensors();
   const list = sensors.data?.sensors;
   const info = useMemo(() => list?.find((s) => s.sensor_id === url.sensor), [list, url.sensor]);
-  const [maxPoints] = useState(() => maxPointsFor(window.innerWidth - 96));
+  // Until the chart has measured its plot, a guess from the window's width.
+  const [plotPixels, setPlotPixels] = useState(() => (window.innerWidth - 160) * (window.devicePixelRatio || 1));
+  const maxPoints = maxPointsFor(plotPixels);
+  const onPlotPixels = useCallback((px: number) => setPlotPixels((old) => (Math.abs(px - old) > old * 0.01 ? px : old)), []);
   const [chartHeight] = useState(() => Math.max(260, Math.min(560, window.innerHeight - 340)));
 
   // `/?sensor=ID` alone: show the sensor's whole span, and put it in the URL.
@@ -126,6 +132,7 @@ export function Dashboard() {
           live={live.status}
           updating={series.status === 'loading' && !!current}
           height={chartHeight}
+          onPlotPixels={onPlotPixels}
           onZoom={setAbsolute}
           onZoomOut={() => setAbsolute(zoomOut(chartRange))}
           onZoomIn={() => {

@@ -21,6 +21,8 @@ export interface TrendChartProps {
   updating?: boolean;
   height?: number;
   onZoom: (r: AbsoluteRange) => void;
+  /** The plot's width in device pixels, when uPlot has laid it out (for M4's bucket count). */
+  onPlotPixels?: (px: number) => void;
   onZoomOut: () => void;
   onZoomIn: () => void;
   onRetry?: () => void;
@@ -63,9 +65,9 @@ export function TrendChart(props: TrendChartProps) {
   const series = useMemo(() => (points ? toChartSeries(points) : null), [points]);
 
   // Callbacks and the x range are read through refs so the uPlot options stay stable.
-  const live$ = useRef({ range, spans: series?.spans ?? [], onZoom: props.onZoom });
+  const live$ = useRef({ range, spans: series?.spans ?? [], onZoom: props.onZoom, onPlotPixels: props.onPlotPixels });
   useLayoutEffect(() => {
-    live$.current = { range, spans: series?.spans ?? [], onZoom: props.onZoom };
+    live$.current = { range, spans: series?.spans ?? [], onZoom: props.onZoom, onPlotPixels: props.onPlotPixels };
   });
 
   const options = useMemo<Omit<uPlot.Options, 'width' | 'height'>>(
@@ -93,6 +95,8 @@ export function TrendChart(props: TrendChartProps) {
       cursor: { drag: { x: true, y: false, setScale: false } },
       hooks: {
         drawClear: [(u) => drawQualityStripes(u, live$.current.spans)],
+        ready: [(u) => live$.current.onPlotPixels?.(u.bbox.width)],
+        setSize: [(u) => live$.current.onPlotPixels?.(u.bbox.width)],
         draw: [
           (u) => {
             const n = u.data[0].length;
