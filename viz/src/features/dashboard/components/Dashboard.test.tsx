@@ -90,6 +90,8 @@ describe('Dashboard', () => {
   it('asks for a sensor when none is chosen', async () => {
     backend();
     render(<Dashboard />);
-    expect(await screen.findByText('Choose a sensor above to see its trend.')).toBeTruthy();
+    expect(await screen.findByText('Choose a sensor above to see its trend, or one of these:')).toBeTruthy();
+    await userEvent.setup().click(screen.getByRole('link', { name: 'other' }));
+    expect(window.location.search).toBe(`?sensor=other&from=${T0}&to=${T0 + 9001}`);
   });
 });

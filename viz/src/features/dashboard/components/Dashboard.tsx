@@ -4,9 +4,10 @@ import { useSeries } from '../api/get-series';
 import { useLive } from '../hooks/use-live';
 import { useUrlState } from '../hooks/use-url-state';
 import type { SensorInfo } from '../types';
-import { appendLive, fromResponse, type Points } from '../utils/series';
+import { appendLive, formatCount, fromResponse, type Points } from '../utils/series';
+import { buildSearch } from '../utils/url-state';
 import { isRelative, relativeFrom, resolveRange, zoomOut, type AbsoluteRange, type RawRange } from '../utils/time-range';
-import { SensorPicker } from './SensorPicker';
+import { describeSpan, SensorPicker } from './SensorPicker';
 import { TimeRangePicker } from './TimeRangePicker';
 import { TrendChart } from './TrendChart';
 
@@ -117,7 +118,29 @@ export function Dashboard() {
           ) : sensors.status === 'error' ? (
             <p className="error-text">The sensor list could not be loaded: {sensors.error}</p>
           ) : (
-            <p>Choose a sensor above to see its trend.</p>
+            <>
+              <p>Choose a sensor above to see its trend{list && list.length > 0 ? ', or one of these:' : '.'}</p>
+              {list && list.length > 0 && (
+                <ul className="sensor-links">
+                  {list.slice(0, 12).map((s) => (
+                    <li key={s.sensor_id}>
+                      <a
+                        href={buildSearch({ sensor: s.sensor_id, from: null, to: null, live: false }) || '/'}
+                        onClick={(e) => {
+                          if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+                          e.preventDefault();
+                          navigate({ sensor: s.sensor_id });
+                        }}
+                      >
+                        {s.sensor_id}
+                      </a>{' '}
+                      <span className="opt-meta">{describeSpan(s)}</span>
+                    </li>
+                  ))}
+                  {list.length > 12 && <li className="opt-meta">and {formatCount(list.length - 12)} more in the picker</li>}
+                </ul>
+              )}
+            </>
           )}
         </div>
       ) : chartRange ? (

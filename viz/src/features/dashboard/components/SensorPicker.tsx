@@ -19,7 +19,7 @@ export function describeSpan(s: SensorInfo): string {
   if (s.count === 0 || s.first_timestamp_ms === null || s.last_timestamp_ms === null) return 'no points';
   // To the second: the span is a summary, and it has to fit under the input.
   const t = (ms: number) => formatTime(Math.floor(ms / 1000) * 1000);
-  return `${formatCount(s.count)} points · ${t(s.first_timestamp_ms)} → ${t(s.last_timestamp_ms)}`;
+  return `${formatCount(s.count)} ${s.count === 1 ? 'point' : 'points'} · ${t(s.first_timestamp_ms)} → ${t(s.last_timestamp_ms)}`;
 }
 
 /**
