@@ -83,7 +83,7 @@ export function Dashboard() {
 
   return (
     <main className="dashboard">
-      <div className="toolbar" role="toolbar" aria-label="Dashboard controls">
+      <div className="toolbar" role="group" aria-label="Sensor and time range">
         <SensorPicker
           sensors={list}
           loading={sensors.status === 'loading'}
