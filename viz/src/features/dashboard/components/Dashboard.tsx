@@ -4,7 +4,7 @@ import { useSeries } from '../api/get-series';
 import { useLive } from '../hooks/use-live';
 import { useUrlState } from '../hooks/use-url-state';
 import type { SensorInfo } from '../types';
-import { appendLive, formatCount, fromResponse, type Points } from '../utils/series';
+import { appendLive, formatCount, fromResponse, maxPointsFor, type Points } from '../utils/series';
 import { buildSearch } from '../utils/url-state';
 import { isRelative, relativeFrom, resolveRange, zoomOut, type AbsoluteRange, type RawRange } from '../utils/time-range';
 import { describeSpan, SensorPicker } from './SensorPicker';
@@ -17,14 +17,6 @@ const DEFAULT_RANGE: RawRange = { from: 'now-6h', to: 'now' };
 export function fullSpan(s: SensorInfo): RawRange | null {
   if (s.count === 0 || s.first_timestamp_ms === null || s.last_timestamp_ms === null) return null;
   return { from: String(s.first_timestamp_ms), to: String(s.last_timestamp_ms + 1) };
-}
-
-/**
- * Points asked of the server: four (first/min/max/last) per pixel column of the
- * plot, so the M4 buckets line up with the pixels (the server caps at 10,000).
- */
-export function maxPointsFor(plotPixels: number): number {
-  return Math.min(10_000, 4 * Math.max(100, Math.round(plotPixels)));
 }
 
 /**

@@ -114,3 +114,17 @@ const fmt = new Intl.NumberFormat('en-US');
 export function formatCount(n: number): string {
   return fmt.format(n);
 }
+
+/** The most points `/api/v1/series` returns. */
+const SERIES_CAP = 10_000;
+
+/**
+ * Points asked of the server: four (first/min/max/last) per pixel column of the
+ * plot, so the M4 buckets line up with the pixels. Past the server's cap (wide
+ * HiDPI plots) a bucket spans a whole number of pixels, so they still line up.
+ */
+export function maxPointsFor(plotPixels: number): number {
+  const px = Math.max(100, Math.round(plotPixels));
+  const perBucket = Math.ceil((4 * px) / SERIES_CAP);
+  return 4 * Math.floor(px / perBucket);
+}
