@@ -157,8 +157,8 @@ export function TrendChart(props: TrendChartProps) {
         <div className="trend-actions">
           <button type="button" onClick={props.onZoomIn} title="Half the range, same centre">Zoom in</button>
           <button type="button" onClick={props.onZoomOut} title="Twice the range, same centre">Zoom out</button>
-          <button type="button" className="primary" onClick={() => exportCsv()} disabled={exportBusy} aria-describedby="export-what">
-            {exportBusy && exp.format === 'csv' ? 'Checking…' : 'Export CSV'}
+          <button type="button" className="primary" onClick={() => exportCsv()} disabled={exportBusy} aria-busy={exportBusy} aria-describedby="export-what">
+            Export CSV
           </button>
         </div>
       </header>
@@ -185,7 +185,11 @@ export function TrendChart(props: TrendChartProps) {
           </span>
         </div>
       )}
-      {exp.kind === 'checking' && exp.format === 'xlsx' && <p role="status" className="notice">Preparing the Excel export…</p>}
+      {exp.kind === 'checking' && (
+        <p role="status" className="notice">
+          Checking the {exp.format === 'xlsx' ? 'Excel' : 'CSV'} export…
+        </p>
+      )}
       {exp.kind === 'started' && (
         <p role="status" className="notice notice-ok">
           Download started ({exp.format === 'xlsx' ? 'Excel' : 'CSV'}): {formatTime(range.start)} → {formatTime(range.end)}.
