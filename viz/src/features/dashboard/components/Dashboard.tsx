@@ -1,10 +1,11 @@
 import { useCallback, useEffect, useMemo, useState } from 'react';
+import { formatCount } from '@/utils/format';
 import { useSensors } from '../api/get-sensors';
 import { useSeries } from '../api/get-series';
 import { useLive } from '../hooks/use-live';
 import { useUrlState } from '../hooks/use-url-state';
 import type { SensorInfo } from '../types';
-import { appendLive, formatCount, fromResponse, maxPointsFor, type Points } from '../utils/series';
+import { appendLive, fromResponse, maxPointsFor, type Points } from '../utils/series';
 import { buildSearch } from '../utils/url-state';
 import { isRelative, relativeFrom, resolveRange, zoomOut, type AbsoluteRange, type RawRange } from '../utils/time-range';
 import { describeSpan, SensorPicker } from './SensorPicker';

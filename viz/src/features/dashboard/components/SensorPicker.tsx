@@ -1,6 +1,7 @@
 import { useId, useMemo, useRef, useState, type KeyboardEvent } from 'react';
+import { formatCount } from '@/utils/format';
 import type { SensorInfo } from '../types';
-import { formatCount } from '../utils/series';
+
 import { searchSensors } from '../utils/sensor-search';
 import { formatTime } from '../utils/time-range';
 

@@ -1,9 +1,10 @@
 import { useLayoutEffect, useMemo, useRef } from 'react';
 import type uPlot from 'uplot';
 import { UPlotChart } from '@/components/UPlotChart';
+import { formatCount } from '@/utils/format';
 import { useExport } from '../hooks/use-export';
 import type { LiveStatus } from '../hooks/use-live';
-import { formatCount, EXCEL_MAX_ROWS, toChartSeries, type Points, type QualitySpan } from '../utils/series';
+import { EXCEL_MAX_ROWS, toChartSeries, type Points, type QualitySpan } from '../utils/series';
 import { formatTick, formatTime, snapRange, zoneLabel, type AbsoluteRange } from '../utils/time-range';
 
 export interface TrendChartProps {

@@ -110,11 +110,6 @@ export function exceedsExcel(rawCount: number): boolean {
   return rawCount + 1 > EXCEL_MAX_ROWS;
 }
 
-const fmt = new Intl.NumberFormat('en-US');
-export function formatCount(n: number): string {
-  return fmt.format(n);
-}
-
 /** The most points `/api/v1/series` returns. */
 const SERIES_CAP = 10_000;
 
