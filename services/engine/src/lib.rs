@@ -20,10 +20,10 @@
 
 pub mod cli;
 pub mod csv_format;
-pub mod export;
-pub mod http;
 pub mod demo;
+pub mod export;
 pub mod grpc;
+pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod model;
