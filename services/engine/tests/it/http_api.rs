@@ -242,6 +242,7 @@ async fn health_openapi_and_unknown_api_routes_via_oneshot() {
     }
 
     let response = app
+        .clone()
         .oneshot(Request::get("/api/v1/nope").body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -249,6 +250,19 @@ async fn health_openapi_and_unknown_api_routes_via_oneshot() {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["error"], "not_found");
+
+    let response = app
+        .oneshot(
+            Request::delete("/api/v1/export")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
 }
 
 #[tokio::test]
