@@ -11,11 +11,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use crate::model::{PointBatch, Sample, SensorId, TimeRange};
 
 pub mod embedded;
+pub mod m4;
+
+pub use m4::Downsampled;
 
 /// A stream of point batches of one sensor, in strictly increasing timestamp
 /// order across batches, each batch non-empty.
@@ -102,6 +106,26 @@ pub trait StorageEngine: Send + Sync + 'static {
         sensor_id: &SensorId,
         batches: PointStream,
     ) -> Result<ImportSummary, StorageError>;
+
+    /// Downsamples one sensor's `range` into `buckets` equal time slices,
+    /// keeping per slice the first, last, minimum and maximum point (M4), and
+    /// counts the raw points. Charts draw this; every peak and dip survives.
+    ///
+    /// The default folds a full scan; a store with per-block summaries can
+    /// answer without decoding blocks that fall inside one slice.
+    async fn downsample(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        buckets: usize,
+    ) -> Result<Downsampled, StorageError> {
+        let mut m4 = m4::M4::new(range, buckets);
+        let mut scan = self.scan(sensor_id, range);
+        while let Some(batch) = scan.next().await {
+            m4.add_batch(&batch?);
+        }
+        Ok(m4.finish())
+    }
 
     /// Makes everything written so far durable in the store's main structure
     /// and releases resources. Writes after `close` fail with

@@ -42,11 +42,15 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 
 use self::codec::MAX_BLOCK_POINTS;
 use self::wal::{Group, WalWriter};
+use super::m4::{Downsampled, M4, Summary};
 use super::{ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError};
 use crate::model::{Point, PointBatch, Sample, SensorId, TimeRange, check_timestamp};
 
 /// Blocks: `(sensor key, first timestamp)` → encoded block.
 const BLOCKS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("blocks");
+/// Per block, under the same key: its [`Summary`] (count, first, last, min,
+/// max), so downsampling reads ~80 bytes instead of the block.
+const SUMMARIES: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("summaries");
 /// The catalogue: sensor id → `(key, count, first timestamp, last timestamp)`
 /// of what is in blocks.
 const SENSORS: TableDefinition<&str, (u32, u64, i64, i64)> = TableDefinition::new("sensors");
@@ -163,6 +167,7 @@ impl EmbeddedStore {
             .map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(BLOCKS).map_err(backend)?;
+        txn.open_table(SUMMARIES).map_err(backend)?;
         txn.open_table(SENSORS).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
         txn.commit().map_err(backend)?;
@@ -383,7 +388,7 @@ impl Inner {
         txn.set_quick_repair(true);
         let mut updated = Vec::with_capacity(work.len());
         {
-            let mut blocks = txn.open_table(BLOCKS).map_err(backend)?;
+            let mut blocks = BlockTables::open(&txn)?;
             let mut sensors = txn.open_table(SENSORS).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
             for (sensor_id, key, stored, points) in work {
@@ -527,7 +532,7 @@ impl Inner {
         let mut points_read = 0u64;
         let mut stats = stored;
         {
-            let mut blocks = txn.open_table(BLOCKS).map_err(backend)?;
+            let mut blocks = BlockTables::open(&txn)?;
             loop {
                 let batch = match batches.blocking_recv() {
                     Some(ImportMessage::Batch(batch)) => batch,
@@ -658,10 +663,11 @@ fn combine(stored: Option<Stats>, added: u64, points: &[Point]) -> Stats {
 /// blocks never overlap. A full owner whose points all precede the group is
 /// left alone: appends never rewrite full blocks.
 fn merge_into_blocks(
-    blocks: &mut redb::Table<'_, (u32, i64), &[u8]>,
+    tables: &mut BlockTables<'_>,
     key: u32,
     points: &[Point],
 ) -> Result<u64, StorageError> {
+    let BlockTables { blocks, summaries } = tables;
     let mut added = 0u64;
     let mut i = 0;
     while i < points.len() {
@@ -700,6 +706,7 @@ fn merge_into_blocks(
                     let mut existing = PointBatch::with_capacity(header.count as usize);
                     codec::decode_into(&bytes, &mut existing).map_err(corrupt)?;
                     blocks.remove((key, start)).map_err(backend)?;
+                    summaries.remove((key, start)).map_err(backend)?;
                     replaced_len = existing.len();
                     merge_sorted(&existing, group)
                 }
@@ -709,18 +716,40 @@ fn merge_into_blocks(
         added += (merged.len() - replaced_len) as u64;
         for chunk_start in (0..merged.len()).step_by(MAX_BLOCK_POINTS) {
             let chunk_end = (chunk_start + MAX_BLOCK_POINTS).min(merged.len());
-            let block = codec::encode(
+            let columns = (
                 &merged.timestamps[chunk_start..chunk_end],
                 &merged.values[chunk_start..chunk_end],
                 &merged.qualities[chunk_start..chunk_end],
             );
+            let block = codec::encode(columns.0, columns.1, columns.2);
+            let block_key = (key, merged.timestamps[chunk_start]);
             blocks
-                .insert((key, merged.timestamps[chunk_start]), block.as_slice())
+                .insert(block_key, block.as_slice())
                 .map_err(backend)?;
+            if let Some(summary) = Summary::of_columns(columns.0, columns.1, columns.2) {
+                summaries
+                    .insert(block_key, summary.encode().as_slice())
+                    .map_err(backend)?;
+            }
         }
         i = end;
     }
     Ok(added)
+}
+
+/// The two tables a block lives in, written together.
+struct BlockTables<'txn> {
+    blocks: redb::Table<'txn, (u32, i64), &'static [u8]>,
+    summaries: redb::Table<'txn, (u32, i64), &'static [u8]>,
+}
+
+impl<'txn> BlockTables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StorageError> {
+        Ok(Self {
+            blocks: txn.open_table(BLOCKS).map_err(backend)?,
+            summaries: txn.open_table(SUMMARIES).map_err(backend)?,
+        })
+    }
 }
 
 /// Merges two sorted runs; on equal timestamps `newer` wins.
@@ -845,6 +874,69 @@ impl ScanSnapshot {
     }
 }
 
+impl ScanSnapshot {
+    /// M4 over the snapshot. A block that lies inside the range and inside
+    /// one bucket, with no newer head point in its span, is folded from its
+    /// summary without being read; only blocks at bucket edges are decoded.
+    fn downsample(self, buckets: usize) -> Result<Downsampled, StorageError> {
+        let TimeRange { start_ms, end_ms } = self.range;
+        let mut m4 = M4::new(self.range, buckets);
+        let mut head = &self.head[..];
+        if let Some(txn) = &self.txn {
+            let blocks = txn.open_table(BLOCKS).map_err(backend)?;
+            let summaries = txn.open_table(SUMMARIES).map_err(backend)?;
+            let from = match summaries
+                .range((self.key, i64::MIN)..=(self.key, start_ms))
+                .map_err(backend)?
+                .next_back()
+            {
+                Some(entry) => entry.map_err(backend)?.0.value().1,
+                None => start_ms,
+            };
+            for entry in summaries
+                .range((self.key, from)..(self.key, end_ms))
+                .map_err(backend)?
+            {
+                let (block_key, bytes) = entry.map_err(backend)?;
+                let summary = Summary::decode(bytes.value())
+                    .ok_or_else(|| StorageError::Corrupt("bad block summary".into()))?;
+                let (first, last) = (summary.first.timestamp_ms, summary.last.timestamp_ms);
+                // Head points before this block lie in a gap: no block holds them.
+                let gap = head.partition_point(|p| p.timestamp_ms < first);
+                for p in &head[..gap] {
+                    m4.add_point(*p);
+                }
+                head = &head[gap..];
+                let newer = head.partition_point(|p| p.timestamp_ms <= last);
+                if newer == 0
+                    && first >= start_ms
+                    && last < end_ms
+                    && m4.bucket_of(first) == m4.bucket_of(last)
+                {
+                    m4.add_summary(&summary);
+                    continue;
+                }
+                let block = blocks
+                    .get(block_key.value())
+                    .map_err(backend)?
+                    .ok_or_else(|| StorageError::Corrupt("a summary without its block".into()))?;
+                let mut batch = PointBatch::with_capacity(summary.count as usize);
+                codec::decode_into(block.value(), &mut batch).map_err(corrupt)?;
+                trim_to_range(&mut batch, start_ms, end_ms);
+                if newer > 0 {
+                    batch = merge_sorted(&batch, &head[..newer]);
+                    head = &head[newer..];
+                }
+                m4.add_batch(&batch);
+            }
+        }
+        for p in head {
+            m4.add_point(*p);
+        }
+        Ok(m4.finish())
+    }
+}
+
 /// Keeps the points in `[start_ms, end_ms)` of a sorted batch.
 fn trim_to_range(batch: &mut PointBatch, start_ms: i64, end_ms: i64) {
     let end = batch.timestamps.partition_point(|&ts| ts < end_ms);
@@ -917,6 +1009,20 @@ impl StorageEngine for EmbeddedStore {
         })
         .await
         .map_err(join_error)?
+    }
+
+    async fn downsample(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        buckets: usize,
+    ) -> Result<Downsampled, StorageError> {
+        let Some(snapshot) = self.inner.scan_snapshot(sensor_id, range)? else {
+            return Ok(Downsampled::default());
+        };
+        tokio::task::spawn_blocking(move || snapshot.downsample(buckets))
+            .await
+            .map_err(join_error)?
     }
 
     async fn import(

@@ -397,6 +397,102 @@ pub async fn scans_stay_consistent_during_writes(mut backend: impl Backend) {
     );
 }
 
+/// The M4 reference, written independently of the engine's: per bucket the
+/// earliest, latest, smallest and largest (earliest on ties, NaN never) point.
+fn naive_m4(points: &[Point], range: TimeRange, buckets: usize) -> Vec<Point> {
+    let span = (i128::from(range.end_ms) - i128::from(range.start_ms)).max(1);
+    let mut groups: BTreeMap<i128, Vec<Point>> = BTreeMap::new();
+    for p in points {
+        let bucket =
+            (i128::from(p.timestamp_ms) - i128::from(range.start_ms)) * buckets as i128 / span;
+        groups.entry(bucket).or_default().push(*p);
+    }
+    let mut kept = Vec::new();
+    for group in groups.values() {
+        let mut chosen = vec![group[0], group[group.len() - 1]];
+        let comparable: Vec<&Point> = group.iter().filter(|p| !p.value.is_nan()).collect();
+        if let Some(min) = comparable.iter().min_by(|a, b| {
+            a.value
+                .total_cmp(&b.value)
+                .then(a.timestamp_ms.cmp(&b.timestamp_ms))
+        }) {
+            chosen.push(**min);
+        }
+        if let Some(max) = comparable.iter().max_by(|a, b| {
+            a.value
+                .total_cmp(&b.value)
+                .then(b.timestamp_ms.cmp(&a.timestamp_ms))
+        }) {
+            chosen.push(**max);
+        }
+        chosen.sort_by_key(|p| p.timestamp_ms);
+        chosen.dedup_by_key(|p| p.timestamp_ms);
+        kept.extend(chosen);
+    }
+    kept
+}
+
+pub async fn downsample_keeps_every_peak_and_dip(mut backend: impl Backend) {
+    let mut store = backend.open().await;
+    let id = sensor("m4");
+    let mut rng = Rng::new(44);
+    let mut ts = 0i64;
+    let mut all = Vec::new();
+    for _ in 0..30_000 {
+        ts += rng.range(1, 200);
+        let value = match rng.range(0, 100) {
+            0 => f64::NAN,
+            1 => 1e6,                               // a spike
+            2 => -1e6,                              // a dip
+            _ => rng.range(-100, 100) as f64 / 4.0, // many equal values: ties
+        };
+        all.push(point(ts, value, rng.range(0, 3) as u8 * 64));
+    }
+    for chunk in all.chunks(7000) {
+        store
+            .write(samples(&id, chunk.iter().copied()))
+            .await
+            .unwrap();
+        store = reopen(&mut backend, store).await;
+    }
+    // Newer points over stored ones, and in the gaps, left in the head.
+    let overwrite: Vec<Point> = all
+        .iter()
+        .step_by(97)
+        .map(|p| point(p.timestamp_ms, -2e6, 0))
+        .chain((0..50).map(|i| point(i * 60_000 + 1, 3e6, 64)))
+        .collect();
+    store.write(samples(&id, overwrite)).await.unwrap();
+    let end = ts + 1;
+    for (start, stop, buckets) in [
+        (i64::MIN, i64::MAX, 100),
+        (0, end, 1000),
+        (0, end, 1),
+        (12_345, 2_000_000, 7),
+        (500, 600, 50),
+        (100_000, 100_000, 10),
+        (end, end + 1000, 10),
+        (-5_000, end + 5_000, 3000),
+    ] {
+        let range = TimeRange::new(start, stop).unwrap();
+        let points = scan_all(&*store, &id, range).await;
+        let expected = naive_m4(&points, range, buckets);
+        let got = store.downsample(&id, range, buckets).await.unwrap();
+        assert_eq!(
+            got.count,
+            points.len() as u64,
+            "[{start}, {stop}) / {buckets}"
+        );
+        let got: Vec<Point> = got.points.iter().collect();
+        assert_eq!(bits(&got), bits(&expected), "[{start}, {stop}) / {buckets}");
+    }
+    let unknown = store
+        .downsample(&sensor("none"), TimeRange::ALL, 10)
+        .await
+        .unwrap();
+    assert_eq!((unknown.count, unknown.points.len()), (0, 0));
+}
+
 pub async fn writes_after_close_fail(mut backend: impl Backend) {
     let store = backend.open().await;
     store.close().await.unwrap();
@@ -422,6 +518,7 @@ macro_rules! conformance_tests {
                 import_is_all_or_nothing,
                 random_operations_match_a_model,
                 scans_stay_consistent_during_writes,
+                downsample_keeps_every_peak_and_dip,
                 writes_after_close_fail
             );
         }
