@@ -391,3 +391,41 @@ async fn shutdown_drops_exports_still_running_at_the_deadline() {
     }
     assert!(failed, "a dropped export must not look complete");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_on_the_embedded_store_keeps_spikes_and_bounds_points() {
+    let mut points = ramp(0, 100_000);
+    points[54_321].1 = -1e9; // a dip inside one block
+    points[99_998].1 = f64::NAN;
+    let store = crate::support::Instrumented::embedded("s", points, None).await;
+    let server = TestServer::start(store).await;
+    for max_points in [4, 400, 1000, 10_000] {
+        let body: serde_json::Value = client()
+            .get(server.url(&format!(
+                "/api/v1/series?sensor_id=s&start_ts=0&end_ts=100000&max_points={max_points}"
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["count"], 100_000);
+        assert_eq!(body["downsampled"], true);
+        let ts: Vec<i64> = body["timestamps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect();
+        assert!(ts.len() <= max_points, "{} > {max_points}", ts.len());
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "time order");
+        assert_eq!(ts[0], 0, "first point kept");
+        assert_eq!(*ts.last().unwrap(), 99_999, "last point kept");
+        let values = body["values"].as_array().unwrap();
+        assert!(
+            values.contains(&serde_json::json!(-1e9)),
+            "dip lost at {max_points}"
+        );
+    }
+}
