@@ -334,12 +334,12 @@ async fn shutdown_stops_accepting_and_lets_running_exports_finish() {
         .unwrap();
     let mut received = response.chunk().await.unwrap().unwrap().len();
     server.signal_shutdown();
-    // Give the accept loop a moment to stop.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        tokio::net::TcpStream::connect(server.addr).await.is_err(),
-        "still accepting after shutdown"
-    );
+    // The listener closes as soon as the accept loop sees the signal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after shutdown");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     while let Some(chunk) = response.chunk().await.unwrap() {
         received += chunk.len();
     }
