@@ -176,7 +176,14 @@ fn main() {
         };
         let served = Arc::clone(&storage);
         tokio::spawn(async move {
-            http::serve_api(listener, served, &config, std::future::pending()).await
+            http::serve_api(
+                listener,
+                served,
+                axum::Router::new(),
+                &config,
+                std::future::pending(),
+            )
+            .await
         });
         (addr, storage)
     });

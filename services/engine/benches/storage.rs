@@ -230,8 +230,56 @@ fn main() {
                 "flat in the range".into(),
             ));
         }
+        // Downsampling for the chart (M4 into 1000 buckets) over 1M points.
+        let mut times = Vec::new();
+        for _ in 0..runs.max(7) {
+            let started = Instant::now();
+            // The data's own span, as the dashboard asks: ~1000 points a bucket.
+            let span = TimeRange::new(START_MS, START_MS + POINTS as i64 * 1000).unwrap();
+            let out = store.downsample(&ids[0], span, 1000).await.unwrap();
+            times.push(started.elapsed().as_secs_f64());
+            assert_eq!(out.count, POINTS as u64);
+        }
+        rows.push((
+            "Downsample 1M points to 1000 buckets (M4, for /api/v1/series)".into(),
+            format!("{:.1} ms", median(times) * 1e3),
+            "<= 50 ms".into(),
+        ));
         store.close().await.unwrap();
         drop(store);
+
+        // The same over 100M points: per-block summaries, not the points.
+        if std::env::var("BENCH_SKIP_100M").is_err() {
+            let dir = work.path().join("downsample-100m");
+            let store = open(&dir);
+            let id = SensorId::new("bench/100m").unwrap();
+            for round in 0..100 {
+                let mut batch = full.clone();
+                for ts in &mut batch.timestamps {
+                    *ts += round * POINTS as i64 * 1000;
+                }
+                bulk_write(&store, &id, &batch).await;
+            }
+            store.close().await.unwrap();
+            drop(store);
+            let store = open(&dir);
+            let mut times = Vec::new();
+            for _ in 0..runs.max(7) {
+                let started = Instant::now();
+                let span = TimeRange::new(START_MS, START_MS + 100 * POINTS as i64 * 1000).unwrap();
+                let out = store.downsample(&id, span, 1000).await.unwrap();
+                times.push(started.elapsed().as_secs_f64());
+                assert_eq!(out.count, 100 * POINTS as u64);
+            }
+            rows.push((
+                "Downsample 100M points to 1000 buckets".into(),
+                format!("{:.1} ms", median(times) * 1e3),
+                "<= 300 ms".into(),
+            ));
+            store.close().await.unwrap();
+            drop(store);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
 
         // Import a 1M-row CSV, against PostgreSQL's \copy of the same file.
         let csv_path = work.path().join("import.csv");

@@ -148,11 +148,13 @@ async fn api_method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// Serves the whole HTTP API over `storage` on `listener` until `shutdown`
-/// resolves: what `engine serve` runs. A missing `web_dir` is logged and the
-/// API served alone.
+/// resolves: what `engine serve` runs. `extra_routes` (the live view's SSE)
+/// are served beside the API. A missing `web_dir` is logged and the API
+/// served alone.
 pub async fn serve_api(
     listener: TcpListener,
     storage: SharedStorage,
+    extra_routes: Router,
     config: &HttpConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -163,7 +165,7 @@ pub async fn serve_api(
         }
         found
     });
-    let app = router(AppState::new(storage, config), web_dir);
+    let app = router(AppState::new(storage, config), web_dir).merge(extra_routes);
     serve(listener, app, config, shutdown).await
 }
 

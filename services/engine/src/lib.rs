@@ -9,12 +9,23 @@
 //! - [`csv_format`]: the export CSV format, written (export) and read (import).
 //! - [`http`]: the HTTP API (router, errors, server); [`export`] (CSV and
 //!   XLSX downloads) and [`series`] (M4 chart data) are its biggest routes.
+//! - [`live`]: the live view: a store wrapper that publishes every written
+//!   point to followers (gRPC `Subscribe`, the SSE endpoint).
+//! - [`grpc`]: the gRPC API `sensor.v1.SensorEngine` (tonic), with health and
+//!   reflection.
+//! - [`ingest`]: JSON points from NATS JetStream ([`ingest::nats`]), group
+//!   committed and acknowledged after they are durable.
+//! - [`demo`]: the `serve --demo` plant simulator.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 
 pub mod cli;
 pub mod csv_format;
+pub mod demo;
 pub mod export;
+pub mod grpc;
 pub mod http;
+pub mod ingest;
+pub mod live;
 pub mod model;
 pub mod series;
 pub mod server;

@@ -1,13 +1,12 @@
-//! `GET /api/v1/series`: chart data, M4-downsampled.
+//! `GET /api/v1/series`: chart data, M4-downsampled by the store.
 //!
-//! M4 (Jugel et al., VLDB 2014): the range is cut into `max_points / 4` equal
-//! time buckets and each keeps its first, minimum, maximum and last point, in
-//! time order. A line drawn through them is pixel-identical to one drawn
-//! through every point at that width, spikes included, and the response is
-//! bounded by `max_points` whatever the range holds. The store does the
-//! downsampling ([`StorageEngine::downsample`](crate::storage::StorageEngine::downsample)),
-//! answering from per-block summaries where it can. Ranges with at most
-//! `max_points` points are returned raw.
+//! M4 (Jugel et al., VLDB 2014; see `storage::m4`): the range is cut into
+//! `max_points / 4` equal time buckets and each keeps its first, minimum,
+//! maximum and last point, in time order. A line drawn through them is
+//! pixel-identical to one drawn through every point at that width, spikes
+//! included. The store answers from per-block summaries where a block fits
+//! one bucket, so the cost follows the bucket count, not the raw count.
+//! Ranges with at most `max_points` points are returned raw.
 
 use std::collections::HashMap;
 
@@ -74,38 +73,32 @@ pub async fn series(
     let end_ms = end.unwrap_or(info.last_timestamp_ms.saturating_add(1));
     let range = params::range(start_ms, end_ms)?;
 
-    let downsampled = state
+    let summary = state
         .storage
         .downsample(&sensor_id, range, max_points / 4)
         .await?;
-    let count = downsampled.count;
-    let (is_downsampled, points) = if count <= max_points as u64 {
-        // Few enough to send them all: a short scan.
-        let mut raw = PointBatch::default();
+    let count = summary.count;
+    let downsampled = count > max_points as u64;
+    let points = if downsampled || summary.points.len() as u64 == count {
+        summary.points
+    } else {
+        // Few enough to send every point: read them (at most `max_points`).
+        let mut raw = PointBatch::with_capacity(count as usize);
         let mut scan = state.storage.scan(&sensor_id, range);
         while let Some(batch) = scan.next().await {
             let batch = batch?;
             raw.timestamps.extend_from_slice(&batch.timestamps);
             raw.values.extend_from_slice(&batch.values);
             raw.qualities.extend_from_slice(&batch.qualities);
-            if raw.len() > max_points {
-                break; // Points arrived since; the downsampled answer stands.
-            }
         }
-        if raw.len() > max_points {
-            (true, downsampled.points)
-        } else {
-            (false, raw)
-        }
-    } else {
-        (true, downsampled.points)
+        raw
     };
     Ok(Json(Series {
         sensor_id: sensor_id.as_str().to_owned(),
         start_ts: range.start_ms,
         end_ts: range.end_ms,
         count,
-        downsampled: is_downsampled,
+        downsampled,
         timestamps: points.timestamps,
         values: points
             .values

@@ -4,8 +4,21 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::watch;
+
+use crate::ingest::IngestStats;
+use crate::ingest::nats::NatsConfig;
+use crate::live::LiveStorage;
 use crate::storage::SharedStorage;
+use crate::{demo, grpc, ingest, live};
+
+/// How long in-flight gRPC calls may take to finish after the shutdown
+/// signal before they are cut (a client streaming `Write` forever must not
+/// keep the process alive; its unacknowledged points are simply not stored).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything `engine serve` was asked to run.
 #[derive(Debug, Clone)]
@@ -40,19 +53,97 @@ pub async fn run(
     storage: SharedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.http_addr,
-            source,
-        })?;
+    // Every write (gRPC, NATS, demo, HTTP import) goes through the live hub,
+    // so the live view and gRPC Subscribe see all of them.
+    let live = Arc::new(LiveStorage::new(storage));
+    let hub = live.hub().clone();
+    let storage: SharedStorage = live;
+
+    let listener = bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
-    let http = crate::http::HttpConfig {
+    let grpc_listener = bind(config.grpc_addr).await?;
+
+    // One signal fanned out to every component. The hub closes first so
+    // that open SSE and Subscribe streams end and let the servers drain.
+    let (stop, stopping) = watch::channel(false);
+    let stop = Arc::new(stop);
+    let signal = Shutdown(stopping);
+    tokio::spawn({
+        let (stop, hub) = (Arc::clone(&stop), hub.clone());
+        async move {
+            shutdown.await;
+            hub.close();
+            stop.send_replace(true);
+        }
+    });
+
+    let grpc = tokio::spawn(grpc::serve(
+        grpc_listener,
+        storage.clone(),
+        hub.clone(),
+        signal.clone().wait(),
+    ));
+    let ingest_stats = Arc::new(IngestStats::default());
+    let nats = config.nats_url.clone().map(|url| {
+        tokio::spawn(ingest::nats::run(
+            NatsConfig::new(url),
+            storage.clone(),
+            Arc::clone(&ingest_stats),
+            signal.clone().wait(),
+        ))
+    });
+    let simulator = config
+        .demo
+        .then(|| tokio::spawn(demo::run(storage.clone(), signal.clone().wait())));
+
+    let http_config = crate::http::HttpConfig {
         web_dir: Some(config.web_dir.clone()),
         ..crate::http::HttpConfig::default()
     };
-    crate::http::serve_api(listener, storage, &http, shutdown).await?;
+    let http = crate::http::serve_api(
+        listener,
+        storage.clone(),
+        live::routes(hub.clone()),
+        &http_config,
+        signal.clone().wait(),
+    )
+    .await;
+
+    // However HTTP ended, everything else stops too; then drain.
+    hub.close();
+    stop.send_replace(true);
+    match tokio::time::timeout(DRAIN_TIMEOUT, grpc).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "gRPC server failed"),
+        Ok(Err(error)) => tracing::error!(%error, "gRPC server task failed"),
+        Err(_) => tracing::warn!("gRPC calls still running after {DRAIN_TIMEOUT:?}; cut"),
+    }
+    if let Some(task) = nats {
+        let _ = task.await;
+        tracing::info!(stats = ?ingest_stats.snapshot(), "NATS ingestion drained");
+    }
+    if let Some(task) = simulator {
+        let _ = task.await;
+    }
+    http?;
     Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// The fanned-out shutdown signal; each component awaits its own copy.
+#[derive(Clone)]
+struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    async fn wait(mut self) {
+        // An error means the sender is gone: stop as well.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM: the one signal every component stops on.

@@ -179,10 +179,32 @@ impl M4 {
         self.add_summary(&Summary::of_point(p));
     }
 
+    /// Folds a batch in time order, one summary per run of points that share
+    /// a bucket (no per-point division).
     pub fn add_batch(&mut self, batch: &PointBatch) {
-        for p in batch.iter() {
-            self.add_point(p);
+        let mut from = 0;
+        while from < batch.len() {
+            let bucket = self.bucket_of(batch.timestamps[from]);
+            let next_start = self.bucket_start(bucket + 1);
+            let run = batch.timestamps[from..].partition_point(|&ts| i128::from(ts) < next_start);
+            let to = from + run.max(1);
+            if let Some(summary) = Summary::of_columns(
+                &batch.timestamps[from..to],
+                &batch.values[from..to],
+                &batch.qualities[from..to],
+            ) {
+                self.add_summary(&summary);
+            }
+            from = to;
         }
+    }
+
+    /// The first timestamp of bucket `index`: the least `ts` with
+    /// `bucket_of(ts) >= index`, i.e. `start + ceil(index * span / buckets)`.
+    fn bucket_start(&self, index: usize) -> i128 {
+        let n = self.buckets.len() as i128;
+        let offset = index as i128 * self.span;
+        i128::from(self.start) + (offset + n - 1) / n
     }
 
     /// Folds a summary whose points all fall into the bucket of its first.
@@ -239,6 +261,47 @@ mod tests {
         let out = m4.finish();
         assert_eq!(out.count, 6);
         assert_eq!(out.points.timestamps, vec![0, 10, 30, 49, 50]);
+    }
+
+    #[test]
+    fn folding_a_batch_equals_folding_its_points() {
+        let mut state = 17u64;
+        let batch: PointBatch = (0..5000)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let value = if state.is_multiple_of(50) {
+                    f64::NAN
+                } else {
+                    (state % 1000) as f64
+                };
+                p(i * 37 - 90_000, value)
+            })
+            .collect();
+        for (start, end, buckets) in [
+            (-90_000, 95_000, 7),
+            (-100_000, 100_000, 1000),
+            (i64::MIN, i64::MAX, 3),
+            (-90_000, -89_000, 10),
+        ] {
+            let range = TimeRange::new(start, end).unwrap();
+            let mut by_batch = M4::new(range, buckets);
+            let mut by_point = M4::new(range, buckets);
+            let inside: PointBatch = batch
+                .iter()
+                .filter(|q| range.contains(q.timestamp_ms))
+                .collect();
+            by_batch.add_batch(&inside);
+            for q in inside.iter() {
+                by_point.add_point(q);
+            }
+            let (a, b) = (by_batch.finish(), by_point.finish());
+            // Bit-exact (Point's equality), so NaN values compare equal.
+            let points = |d: &Downsampled| d.points.iter().collect::<Vec<Point>>();
+            assert_eq!(a.count, b.count);
+            assert!(points(&a) == points(&b), "[{start}, {end}) / {buckets}");
+        }
     }
 
     #[test]

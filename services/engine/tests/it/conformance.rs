@@ -537,3 +537,15 @@ macro_rules! conformance_tests {
 conformance_tests!(embedded, Embedded::with_head_limit(256 * 1024));
 // A tiny head: nearly every write goes through a checkpoint into blocks.
 conformance_tests!(embedded_small_head, Embedded::with_head_limit(100));
+
+/// The embedded store behind the live-view wrapper, as `engine serve` runs it.
+pub struct Live(Embedded);
+
+#[async_trait]
+impl Backend for Live {
+    async fn open(&mut self) -> SharedStorage {
+        std::sync::Arc::new(engine::live::LiveStorage::new(self.0.open().await))
+    }
+}
+
+conformance_tests!(live_embedded, Live(Embedded::with_head_limit(256 * 1024)));

@@ -8,3 +8,8 @@ mod crash;
 mod http_api;
 mod http_export;
 mod recovery;
+
+// Ingestion and live view (issue 5): gRPC, NATS, SSE, demo.
+mod grpc;
+mod ingest_support;
+mod nats;

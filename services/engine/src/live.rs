@@ -1,0 +1,569 @@
+//! Live view: the points of a sensor pushed to its followers as they are
+//! written.
+//!
+//! [`LiveStorage`] wraps any [`StorageEngine`] and, after each successful
+//! write or import, hands the points to a [`LiveHub`]: one
+//! `tokio::sync::broadcast` channel per followed sensor. The gRPC `Subscribe`
+//! call ([`crate::grpc`]) and the HTTP server-sent-events endpoint
+//! ([`routes`]) both read from the hub, so every way of writing (gRPC, NATS,
+//! HTTP import, the demo simulator) is visible live, and no transport needs to
+//! know about the others.
+//!
+//! Followers never slow down writers: publishing is a non-blocking send, and a
+//! follower that falls behind by more than [`CHANNEL_CAPACITY`] writes is told
+//! to resynchronise ([`LiveUpdate::Resync`]) instead of holding back the rest.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Json;
+use axum::Router;
+use axum::extract::Query;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::model::TimeRange;
+use crate::model::{PointBatch, Sample, SensorId};
+use crate::storage::{
+    ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
+};
+
+/// Writes a follower may fall behind before it is told to resynchronise.
+///
+/// At one write per second per sensor (a typical plant) that is a quarter of
+/// an hour; a burst of writes faster than a browser reads costs a refetch,
+/// never memory without bound.
+pub const CHANNEL_CAPACITY: usize = 1024;
+
+/// Most points an import buffers for followers; a larger import is announced
+/// as [`LiveUpdate::Resync`] instead, since imports may exceed memory.
+pub const IMPORT_LIVE_LIMIT: usize = 100_000;
+
+/// What a follower of a sensor receives.
+#[derive(Debug, Clone)]
+pub enum LiveUpdate {
+    /// Points just written, in the order they were written.
+    Points(Arc<PointBatch>),
+    /// Points were missed (the follower fell behind, or a large import
+    /// rewrote history): refetch the range on screen.
+    Resync,
+}
+
+/// The fan-out of written points to their followers. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct LiveHub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    /// One channel per followed sensor. A std mutex: it is held only for
+    /// map lookups and non-blocking sends, never across an `.await`.
+    channels: Mutex<HashMap<SensorId, broadcast::Sender<LiveUpdate>>>,
+    /// Set at shutdown: new followers get an ended stream, so long-lived
+    /// HTTP and gRPC streams let graceful shutdown finish.
+    closed: AtomicBool,
+}
+
+/// Points destined to followers, prepared before a write and delivered after
+/// it succeeded.
+type Pending = Vec<(broadcast::Sender<LiveUpdate>, PointBatch)>;
+
+impl LiveHub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn channels(&self) -> MutexGuard<'_, HashMap<SensorId, broadcast::Sender<LiveUpdate>>> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // (every operation on it is a single insert/remove/lookup).
+        self.inner
+            .channels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Follows one sensor from now on.
+    pub fn subscribe(&self, sensor_id: &SensorId) -> LiveSubscription {
+        let mut channels = self.channels();
+        if self.inner.closed.load(Ordering::Acquire) {
+            // A receiver whose sender is already gone: it ends at once.
+            let (_, receiver) = broadcast::channel(1);
+            return LiveSubscription { receiver };
+        }
+        channels.retain(|_, sender| sender.receiver_count() > 0);
+        let receiver = channels
+            .entry(sensor_id.clone())
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe();
+        LiveSubscription { receiver }
+    }
+
+    /// Number of sensors somebody follows (for tests and metrics).
+    pub fn followed_sensors(&self) -> usize {
+        self.channels()
+            .values()
+            .filter(|sender| sender.receiver_count() > 0)
+            .count()
+    }
+
+    /// Ends every follower's stream and refuses new ones; called at shutdown.
+    pub fn close(&self) {
+        let mut channels = self.channels();
+        self.inner.closed.store(true, Ordering::Release);
+        channels.clear();
+    }
+
+    /// Groups the followed sensors' points of a write. Costs one lock and
+    /// nothing else when nobody follows anything.
+    fn prepare(&self, samples: &[Sample]) -> Pending {
+        let channels = self.channels();
+        if channels.is_empty() {
+            return Vec::new();
+        }
+        let mut batches: HashMap<&SensorId, (broadcast::Sender<LiveUpdate>, PointBatch)> =
+            HashMap::new();
+        for sample in samples {
+            if let Some((_, batch)) = batches.get_mut(&sample.sensor_id) {
+                batch.push(sample.point);
+            } else if let Some(sender) = channels.get(&sample.sensor_id)
+                && sender.receiver_count() > 0
+            {
+                let mut batch = PointBatch::default();
+                batch.push(sample.point);
+                batches.insert(&sample.sensor_id, (sender.clone(), batch));
+            }
+        }
+        batches.into_values().collect()
+    }
+
+    fn deliver(pending: Pending) {
+        for (sender, batch) in pending {
+            // An error only means the last follower left meanwhile.
+            let _ = sender.send(LiveUpdate::Points(Arc::new(batch)));
+        }
+    }
+
+    /// Publishes points already stored (used by writers that bypass
+    /// [`LiveStorage`]; everything else goes through it).
+    pub fn publish(&self, samples: &[Sample]) {
+        Self::deliver(self.prepare(samples));
+    }
+
+    fn sender_of(&self, sensor_id: &SensorId) -> Option<broadcast::Sender<LiveUpdate>> {
+        self.channels()
+            .get(sensor_id)
+            .filter(|sender| sender.receiver_count() > 0)
+            .cloned()
+    }
+}
+
+/// One follower of one sensor.
+pub struct LiveSubscription {
+    receiver: broadcast::Receiver<LiveUpdate>,
+}
+
+impl LiveSubscription {
+    /// The next update; `None` once the hub closed.
+    pub async fn recv(&mut self) -> Option<LiveUpdate> {
+        match self.receiver.recv().await {
+            Ok(update) => Some(update),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(LiveUpdate::Resync),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The updates as a stream, ending when the hub closes.
+    pub fn into_stream(self) -> impl Stream<Item = LiveUpdate> + Send + 'static {
+        stream::unfold(self, |mut subscription| async move {
+            let update = subscription.recv().await?;
+            Some((update, subscription))
+        })
+    }
+}
+
+/// A [`StorageEngine`] that tells a [`LiveHub`] about every successful write
+/// and import of the store it wraps. Everything else is delegated unchanged.
+pub struct LiveStorage {
+    inner: SharedStorage,
+    hub: LiveHub,
+}
+
+impl LiveStorage {
+    pub fn new(inner: SharedStorage) -> Self {
+        Self {
+            inner,
+            hub: LiveHub::new(),
+        }
+    }
+
+    /// The hub to subscribe to (clone it into the gRPC service and the
+    /// HTTP routes).
+    pub fn hub(&self) -> &LiveHub {
+        &self.hub
+    }
+}
+
+#[async_trait]
+impl StorageEngine for LiveStorage {
+    async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
+        // Prepared before the write consumes the samples; delivered only
+        // once it is durable, so a follower never sees a point that is lost.
+        let pending = self.hub.prepare(&samples);
+        self.inner.write(samples).await?;
+        LiveHub::deliver(pending);
+        Ok(())
+    }
+
+    fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
+        self.inner.scan(sensor_id, range)
+    }
+
+    async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
+        self.inner.sensors().await
+    }
+
+    async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
+        self.inner.sensor(sensor_id).await
+    }
+
+    async fn import(
+        &self,
+        sensor_id: &SensorId,
+        batches: PointStream,
+    ) -> Result<ImportSummary, StorageError> {
+        let Some(sender) = self.hub.sender_of(sensor_id) else {
+            return self.inner.import(sensor_id, batches).await;
+        };
+        // Somebody follows this sensor: keep a copy of a small import for
+        // them, or just remember that it was too large to send.
+        let copy = Arc::new(Mutex::new(Some(PointBatch::default())));
+        let tee = {
+            let copy = Arc::clone(&copy);
+            batches
+                .inspect(move |item| {
+                    let mut copy = copy.lock().unwrap_or_else(|p| p.into_inner());
+                    if let (Ok(batch), Some(kept)) = (item, copy.as_mut()) {
+                        if kept.len() + batch.len() > IMPORT_LIVE_LIMIT {
+                            *copy = None;
+                        } else {
+                            kept.timestamps.extend_from_slice(&batch.timestamps);
+                            kept.values.extend_from_slice(&batch.values);
+                            kept.qualities.extend_from_slice(&batch.qualities);
+                        }
+                    }
+                })
+                .boxed()
+        };
+        let summary = self.inner.import(sensor_id, tee).await?;
+        let kept = copy.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let update = match kept {
+            Some(batch) if batch.is_empty() => return Ok(summary),
+            Some(batch) => LiveUpdate::Points(Arc::new(batch)),
+            None => LiveUpdate::Resync,
+        };
+        let _ = sender.send(update);
+        Ok(summary)
+    }
+
+    async fn close(&self) -> Result<(), StorageError> {
+        self.hub.close();
+        self.inner.close().await
+    }
+}
+
+/// Query of `GET /api/v1/live`.
+#[derive(Debug, Deserialize)]
+struct LiveQuery {
+    sensor_id: Option<String>,
+}
+
+/// Data of an `event: points` server-sent event.
+#[derive(Debug, Serialize)]
+struct PointsEvent<'a> {
+    timestamps: &'a [i64],
+    /// JSON has no NaN or infinity: non-finite values are `null`.
+    values: Vec<Option<f64>>,
+    qualities: &'a [u8],
+}
+
+/// The live HTTP endpoint, for the HTTP server to `.merge`:
+///
+/// `GET /api/v1/live?sensor_id=ID` answers `text/event-stream`. Each write to
+/// the sensor becomes one event
+///
+/// ```text
+/// event: points
+/// data: {"timestamps":[1767225600000],"values":[21.5],"qualities":[192]}
+/// ```
+///
+/// (`null` for a non-finite value), and `event: resync` (data `{}`) asks the
+/// client to refetch its range because points were missed. A comment is sent
+/// every 15 s to keep proxies from closing an idle stream. The stream ends at
+/// server shutdown; browsers' `EventSource` then reconnects by itself.
+///
+/// Errors answer `{"error": "invalid_parameter", "message": ...}` with 400,
+/// the shape the rest of the API uses.
+pub fn routes<S>(hub: LiveHub) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new().route(
+        "/api/v1/live",
+        get(move |query: Result<Query<LiveQuery>, _>| live_events(hub.clone(), query)),
+    )
+}
+
+async fn live_events(
+    hub: LiveHub,
+    query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let sensor_id = match query {
+        Ok(Query(LiveQuery {
+            sensor_id: Some(id),
+        })) => SensorId::new(&id).map_err(|e| format!("invalid sensor_id: {e}")),
+        Ok(_) => Err("the sensor_id parameter is required".to_owned()),
+        Err(rejection) => Err(rejection.body_text()),
+    };
+    let sensor_id = match sensor_id {
+        Ok(id) => id,
+        Err(message) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "invalid_parameter", "message": message})),
+            )
+                .into_response();
+        }
+    };
+    let subscription = hub.subscribe(&sensor_id);
+    let events = stream::once(async { Ok(Event::default().comment("following")) }).chain(
+        subscription
+            .into_stream()
+            .map(|update| Ok::<_, Infallible>(sse_event(&update))),
+    );
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    // Reverse proxies (nginx) would otherwise buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn sse_event(update: &LiveUpdate) -> Event {
+    match update {
+        LiveUpdate::Points(batch) => Event::default().event("points").data(points_json(batch)),
+        LiveUpdate::Resync => Event::default().event("resync").data("{}"),
+    }
+}
+
+/// The data line of an `event: points`.
+fn points_json(batch: &PointBatch) -> String {
+    let data = PointsEvent {
+        timestamps: &batch.timestamps,
+        values: batch
+            .values
+            .iter()
+            .map(|v| v.is_finite().then_some(*v))
+            .collect(),
+        qualities: &batch.qualities,
+    };
+    // Serialising integers, finite floats and nulls cannot fail.
+    serde_json::to_string(&data).unwrap_or_else(|_| "{}".to_owned())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::{Point, quality};
+
+    /// A minimal in-memory store for unit tests of the transports.
+    #[derive(Default)]
+    pub(crate) struct MemStore {
+        data: Mutex<BTreeMap<SensorId, BTreeMap<i64, Point>>>,
+        closed: AtomicBool,
+    }
+
+    #[async_trait]
+    impl StorageEngine for MemStore {
+        async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(StorageError::Closed);
+            }
+            for s in &samples {
+                crate::model::check_timestamp(s.point.timestamp_ms)
+                    .map_err(|e| StorageError::InvalidInput(e.to_string()))?;
+            }
+            let mut data = self.data.lock().unwrap();
+            for s in samples {
+                data.entry(s.sensor_id)
+                    .or_default()
+                    .insert(s.point.timestamp_ms, s.point);
+            }
+            Ok(())
+        }
+
+        fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
+            let data = self.data.lock().unwrap();
+            let batch: PointBatch = data
+                .get(sensor_id)
+                .map(|points| {
+                    points
+                        .values()
+                        .filter(|p| range.contains(p.timestamp_ms))
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let items = if batch.is_empty() {
+                vec![]
+            } else {
+                vec![Ok(batch)]
+            };
+            stream::iter(items).boxed()
+        }
+
+        async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
+            let data = self.data.lock().unwrap();
+            Ok(data
+                .iter()
+                .filter_map(|(id, points)| info(id, points))
+                .collect())
+        }
+
+        async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
+            let data = self.data.lock().unwrap();
+            Ok(data.get(sensor_id).and_then(|p| info(sensor_id, p)))
+        }
+
+        async fn import(
+            &self,
+            sensor_id: &SensorId,
+            mut batches: PointStream,
+        ) -> Result<ImportSummary, StorageError> {
+            let mut samples = Vec::new();
+            while let Some(batch) = batches.next().await {
+                for point in batch?.iter() {
+                    samples.push(Sample {
+                        sensor_id: sensor_id.clone(),
+                        point,
+                    });
+                }
+            }
+            let points = samples.len() as u64;
+            self.write(samples).await?;
+            Ok(ImportSummary { points })
+        }
+
+        async fn close(&self) -> Result<(), StorageError> {
+            self.closed.store(true, Ordering::Release);
+            Ok(())
+        }
+    }
+
+    fn info(id: &SensorId, points: &BTreeMap<i64, Point>) -> Option<SensorInfo> {
+        Some(SensorInfo {
+            sensor_id: id.clone(),
+            count: points.len() as u64,
+            first_timestamp_ms: *points.keys().next()?,
+            last_timestamp_ms: *points.keys().next_back()?,
+        })
+    }
+
+    pub(crate) fn sample(id: &str, ts: i64, value: f64) -> Sample {
+        Sample {
+            sensor_id: SensorId::new(id).unwrap(),
+            point: Point {
+                timestamp_ms: ts,
+                value,
+                quality: quality::GOOD,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn followers_get_only_their_sensors_points_after_the_write() {
+        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let a = SensorId::new("a").unwrap();
+        let mut follower = live.hub().subscribe(&a);
+        live.write(vec![
+            sample("a", 1, 1.0),
+            sample("b", 1, 2.0),
+            sample("a", 2, 3.0),
+        ])
+        .await
+        .unwrap();
+        let Some(LiveUpdate::Points(batch)) = follower.recv().await else {
+            panic!("expected points");
+        };
+        assert_eq!(batch.timestamps, vec![1, 2]);
+        assert_eq!(batch.values, vec![1.0, 3.0]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_publishes_nothing() {
+        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let a = SensorId::new("a").unwrap();
+        let mut follower = live.hub().subscribe(&a);
+        let bad = sample("a", i64::MAX, 1.0);
+        assert!(live.write(vec![bad]).await.is_err());
+        live.hub().close();
+        assert!(follower.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lagging_follower_is_told_to_resync() {
+        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let a = SensorId::new("a").unwrap();
+        let mut follower = live.hub().subscribe(&a);
+        for ts in 0..(CHANNEL_CAPACITY as i64 + 5) {
+            live.write(vec![sample("a", ts, 0.0)]).await.unwrap();
+        }
+        assert!(matches!(follower.recv().await, Some(LiveUpdate::Resync)));
+    }
+
+    #[tokio::test]
+    async fn small_imports_are_published_and_closing_ends_followers() {
+        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let a = SensorId::new("a").unwrap();
+        let mut follower = live.hub().subscribe(&a);
+        let batch: PointBatch = [sample("a", 5, 1.5).point].into_iter().collect();
+        live.import(&a, stream::iter(vec![Ok(batch)]).boxed())
+            .await
+            .unwrap();
+        let Some(LiveUpdate::Points(got)) = follower.recv().await else {
+            panic!("expected points");
+        };
+        assert_eq!(got.timestamps, vec![5]);
+        live.close().await.unwrap();
+        assert!(follower.recv().await.is_none());
+        assert!(live.hub().subscribe(&a).recv().await.is_none());
+    }
+
+    #[test]
+    fn sse_events_write_non_finite_values_as_null() {
+        let batch: PointBatch = [
+            sample("a", 1, f64::NAN).point,
+            sample("a", 2, 2.5).point,
+            sample("a", 3, f64::NEG_INFINITY).point,
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            points_json(&batch),
+            r#"{"timestamps":[1,2,3],"values":[null,2.5,null],"qualities":[192,192,192]}"#
+        );
+    }
+}
