@@ -34,7 +34,7 @@ use tokio::sync::broadcast;
 use crate::model::TimeRange;
 use crate::model::{PointBatch, Sample, SensorId};
 use crate::storage::{
-    ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
+    Downsampled, ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
 };
 
 /// Writes a follower may fall behind before it is told to resynchronise.
@@ -234,6 +234,17 @@ impl StorageEngine for LiveStorage {
 
     async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
         self.inner.sensor(sensor_id).await
+    }
+
+    /// Forwarded, not the trait's default: the inner store may answer from
+    /// summaries instead of a full scan.
+    async fn downsample(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        buckets: usize,
+    ) -> Result<Downsampled, StorageError> {
+        self.inner.downsample(sensor_id, range, buckets).await
     }
 
     async fn import(

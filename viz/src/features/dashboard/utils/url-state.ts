@@ -1,0 +1,34 @@
+/**
+ * The dashboard's state lives in the URL, so every view is a link:
+ * `?sensor=<id>&from=<ms|now-6h>&to=<ms|now>[&live=1]`.
+ */
+
+export interface UrlState {
+  sensor: string | null;
+  from: string | null;
+  to: string | null;
+  live: boolean;
+}
+
+export function parseUrlState(search: string): UrlState {
+  const p = new URLSearchParams(search);
+  const nonEmpty = (v: string | null) => (v === null || v.trim() === '' ? null : v.trim());
+  return {
+    // Sensor ids are arbitrary UTF-8; keep them exactly (no trimming).
+    sensor: p.get('sensor') || null,
+    from: nonEmpty(p.get('from')),
+    to: nonEmpty(p.get('to')),
+    live: p.get('live') === '1',
+  };
+}
+
+/** Builds `?sensor=..&from=..&to=..` with every value percent-encoded (spaces as %20). */
+export function buildSearch(state: UrlState): string {
+  const parts: string[] = [];
+  const add = (k: string, v: string) => parts.push(`${k}=${encodeURIComponent(v)}`);
+  if (state.sensor !== null) add('sensor', state.sensor);
+  if (state.from !== null) add('from', state.from);
+  if (state.to !== null) add('to', state.to);
+  if (state.live) parts.push('live=1');
+  return parts.length ? `?${parts.join('&')}` : '';
+}
