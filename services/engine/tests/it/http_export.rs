@@ -478,6 +478,10 @@ async fn xlsx_is_a_real_workbook_continued_on_next_sheets() {
     );
     assert!(response.headers().get("content-encoding").is_none());
     let bytes = response.bytes().await.unwrap();
+    assert!(
+        bytes.starts_with(b"PK\x03\x04"),
+        "a zip, streamed from its first part"
+    );
     let mut workbook = Xlsx::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
     let names = workbook.sheet_names();
     assert_eq!(names.len(), 3, "25 rows at 10 a sheet: {names:?}");
