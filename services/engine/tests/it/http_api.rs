@@ -10,11 +10,11 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
-use crate::support::{MemStore, TestServer, client, ramp, test_config};
+use crate::support::{TestServer, TestStore, client, ramp, test_config};
 
 #[tokio::test]
 async fn sensors_list_and_one_and_404() {
-    let store = MemStore::shared(100);
+    let store = TestStore::shared(100);
     store.put("b", [(5, 1.0, 192), (9, 2.0, 192)]);
     store.put("a", [(-3, 1.0, 0)]);
     let server = TestServer::start(store).await;
@@ -56,7 +56,7 @@ async fn sensors_list_and_one_and_404() {
 
 #[tokio::test]
 async fn series_returns_raw_points_below_max_points_and_m4_above() {
-    let store = MemStore::shared(1000);
+    let store = TestStore::shared(1000);
     let mut points = ramp(0, 10_000);
     points[5000].1 = 1e9; // a spike M4 must keep
     points[7000].1 = f64::NAN;
@@ -136,7 +136,7 @@ async fn series_returns_raw_points_below_max_points_and_m4_above() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_then_export_is_the_identity_and_errors_name_the_line() {
-    let source = MemStore::shared(1000);
+    let source = TestStore::shared(1000);
     let mut points = ramp(-500, 30_000);
     points[1].1 = -0.0;
     points[2].1 = f64::NAN;
@@ -209,7 +209,7 @@ async fn import_then_export_is_the_identity_and_errors_name_the_line() {
 
 #[tokio::test]
 async fn health_openapi_and_unknown_api_routes_via_oneshot() {
-    let state = engine::http::AppState::new(MemStore::shared(10), &test_config());
+    let state = engine::http::AppState::new(TestStore::shared(10), &test_config());
     let app = engine::http::router(state, None);
     let response = app
         .clone()
@@ -275,7 +275,7 @@ async fn the_dashboard_is_served_with_spa_fallback_after_the_api() {
         web_dir: Some(dir.path().to_owned()),
         ..test_config()
     };
-    let server = TestServer::start_with(MemStore::shared(10), config).await;
+    let server = TestServer::start_with(TestStore::shared(10), config).await;
     let get = |path: &str| client().get(server.url(path)).send();
     let index = get("/").await.unwrap();
     assert_eq!(index.status(), StatusCode::OK);
@@ -304,7 +304,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         header_read_timeout: Duration::from_millis(300),
         ..test_config()
     };
-    let server = TestServer::start_with(MemStore::shared(10), config).await;
+    let server = TestServer::start_with(TestStore::shared(10), config).await;
     let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     socket
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -324,7 +324,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting_and_lets_running_exports_finish() {
-    let store = MemStore::shared(4096);
+    let store = TestStore::shared(4096);
     store.put("s", ramp(0, 300_000));
     let mut server = TestServer::start(store).await;
     let mut response = client()
@@ -357,7 +357,7 @@ async fn shutdown_stops_accepting_and_lets_running_exports_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drops_exports_still_running_at_the_deadline() {
-    let store = MemStore::shared(4096);
+    let store = TestStore::shared(4096);
     store.put("s", ramp(0, 500_000));
     let config = engine::http::HttpConfig {
         shutdown_grace: Duration::from_millis(200),
