@@ -69,8 +69,12 @@ lo --convert-to csv --outdir "$work/out" "$work/out/native-roundtrip-src.xlsx"
 ls "$work/out"
 
 python3 - "$work" <<'PY'
-import math, struct, sys
+import math, struct, sys, zipfile
 import openpyxl
+
+# Our streamed zip: every part's CRC checks out.
+bad = zipfile.ZipFile(f"{sys.argv[1]}/native.xlsx").testzip()
+assert bad is None, f"corrupt zip member {bad}"
 
 work = sys.argv[1]
 source = [line.split(",") for line in open(f"{work}/points.csv").read().split()[1:]]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::Uri;
+use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -116,6 +116,7 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
         .route("/sensors/{id}", get(sensors::get))
         .route("/openapi.json", get(openapi::openapi))
         .fallback(api_not_found)
+        .method_not_allowed_fallback(api_method_not_allowed)
         .layer(compress);
     let mut app = Router::new()
         .route("/healthz", get(sensors::healthz))
@@ -137,6 +138,13 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
 
 async fn api_not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_owned())
+}
+
+async fn api_method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
 }
 
 /// Serves the whole HTTP API over `storage` on `listener` until `shutdown`

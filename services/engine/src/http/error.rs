@@ -31,6 +31,9 @@ pub enum ApiError {
     /// No such API route: 404.
     #[error("no API route {0}")]
     RouteNotFound(String),
+    /// The route exists but not for this method: 405.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
     /// Too many exports at once: 429 with `Retry-After`, answered at once
     /// instead of queueing without bound.
     #[error("too many exports are running; retry in {RETRY_AFTER_SECONDS} s")]
@@ -61,6 +64,9 @@ impl ApiError {
             ApiError::InvalidCsv(_) => (StatusCode::BAD_REQUEST, "invalid_csv"),
             ApiError::SensorNotFound(_) => (StatusCode::NOT_FOUND, "sensor_not_found"),
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Storage(StorageError::InvalidInput(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_input")

@@ -78,7 +78,7 @@ pub fn document() -> Value {
       },
       "components": {"schemas": {
         "Error": {"type": "object", "required": ["error", "message"], "properties": {
-          "error": {"type": "string", "enum": ["invalid_parameter", "invalid_csv", "invalid_input", "sensor_not_found", "not_found", "too_many_requests", "unavailable", "internal"]},
+          "error": {"type": "string", "enum": ["invalid_parameter", "invalid_csv", "invalid_input", "sensor_not_found", "not_found", "method_not_allowed", "too_many_requests", "unavailable", "internal"]},
           "message": {"type": "string"}}},
         "Sensor": {"type": "object", "properties": {
           "sensor_id": {"type": "string"}, "count": {"type": "integer"},

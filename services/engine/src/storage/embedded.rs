@@ -157,6 +157,12 @@ impl EmbeddedStore {
         Self::open_with(dir, EmbeddedOptions::default())
     }
 
+    /// [`StorageEngine::write`] for callers without an async runtime (tools,
+    /// test setup): the same durable, atomic write, on the calling thread.
+    pub fn write_blocking(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
+        self.inner.write(samples)
+    }
+
     /// [`EmbeddedStore::open`] with explicit options.
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;

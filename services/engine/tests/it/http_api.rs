@@ -10,11 +10,11 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
-use crate::support::{MemStore, TestServer, client, ramp, test_config};
+use crate::support::{TestServer, TestStore, client, ramp, test_config};
 
 #[tokio::test]
 async fn sensors_list_and_one_and_404() {
-    let store = MemStore::shared(100);
+    let store = TestStore::shared(100);
     store.put("b", [(5, 1.0, 192), (9, 2.0, 192)]);
     store.put("a", [(-3, 1.0, 0)]);
     let server = TestServer::start(store).await;
@@ -56,7 +56,7 @@ async fn sensors_list_and_one_and_404() {
 
 #[tokio::test]
 async fn series_returns_raw_points_below_max_points_and_m4_above() {
-    let store = MemStore::shared(1000);
+    let store = TestStore::shared(1000);
     let mut points = ramp(0, 10_000);
     points[5000].1 = 1e9; // a spike M4 must keep
     points[7000].1 = f64::NAN;
@@ -136,7 +136,7 @@ async fn series_returns_raw_points_below_max_points_and_m4_above() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_then_export_is_the_identity_and_errors_name_the_line() {
-    let source = MemStore::shared(1000);
+    let source = TestStore::shared(1000);
     let mut points = ramp(-500, 30_000);
     points[1].1 = -0.0;
     points[2].1 = f64::NAN;
@@ -209,7 +209,7 @@ async fn import_then_export_is_the_identity_and_errors_name_the_line() {
 
 #[tokio::test]
 async fn health_openapi_and_unknown_api_routes_via_oneshot() {
-    let state = engine::http::AppState::new(MemStore::shared(10), &test_config());
+    let state = engine::http::AppState::new(TestStore::shared(10), &test_config());
     let app = engine::http::router(state, None);
     let response = app
         .clone()
@@ -242,6 +242,7 @@ async fn health_openapi_and_unknown_api_routes_via_oneshot() {
     }
 
     let response = app
+        .clone()
         .oneshot(Request::get("/api/v1/nope").body(Body::empty()).unwrap())
         .await
         .unwrap();
@@ -249,6 +250,19 @@ async fn health_openapi_and_unknown_api_routes_via_oneshot() {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(body["error"], "not_found");
+
+    let response = app
+        .oneshot(
+            Request::delete("/api/v1/export")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
 }
 
 #[tokio::test]
@@ -261,7 +275,7 @@ async fn the_dashboard_is_served_with_spa_fallback_after_the_api() {
         web_dir: Some(dir.path().to_owned()),
         ..test_config()
     };
-    let server = TestServer::start_with(MemStore::shared(10), config).await;
+    let server = TestServer::start_with(TestStore::shared(10), config).await;
     let get = |path: &str| client().get(server.url(path)).send();
     let index = get("/").await.unwrap();
     assert_eq!(index.status(), StatusCode::OK);
@@ -290,7 +304,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         header_read_timeout: Duration::from_millis(300),
         ..test_config()
     };
-    let server = TestServer::start_with(MemStore::shared(10), config).await;
+    let server = TestServer::start_with(TestStore::shared(10), config).await;
     let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     socket
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -310,7 +324,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_accepting_and_lets_running_exports_finish() {
-    let store = MemStore::shared(4096);
+    let store = TestStore::shared(4096);
     store.put("s", ramp(0, 300_000));
     let mut server = TestServer::start(store).await;
     let mut response = client()
@@ -320,12 +334,12 @@ async fn shutdown_stops_accepting_and_lets_running_exports_finish() {
         .unwrap();
     let mut received = response.chunk().await.unwrap().unwrap().len();
     server.signal_shutdown();
-    // Give the accept loop a moment to stop.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        tokio::net::TcpStream::connect(server.addr).await.is_err(),
-        "still accepting after shutdown"
-    );
+    // The listener closes as soon as the accept loop sees the signal.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(server.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after shutdown");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     while let Some(chunk) = response.chunk().await.unwrap() {
         received += chunk.len();
     }
@@ -343,7 +357,7 @@ async fn shutdown_stops_accepting_and_lets_running_exports_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drops_exports_still_running_at_the_deadline() {
-    let store = MemStore::shared(4096);
+    let store = TestStore::shared(4096);
     store.put("s", ramp(0, 500_000));
     let config = engine::http::HttpConfig {
         shutdown_grace: Duration::from_millis(200),
@@ -376,4 +390,132 @@ async fn shutdown_drops_exports_still_running_at_the_deadline() {
         }
     }
     assert!(failed, "a dropped export must not look complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_on_the_embedded_store_keeps_spikes_and_bounds_points() {
+    let mut points = ramp(0, 100_000);
+    points[54_321].1 = -1e9; // a dip inside one block
+    points[99_998].1 = f64::NAN;
+    let store = crate::support::Instrumented::embedded("s", points, None).await;
+    let server = TestServer::start(store).await;
+    for max_points in [4, 400, 1000, 10_000] {
+        let body: serde_json::Value = client()
+            .get(server.url(&format!(
+                "/api/v1/series?sensor_id=s&start_ts=0&end_ts=100000&max_points={max_points}"
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["count"], 100_000);
+        assert_eq!(body["downsampled"], true);
+        let ts: Vec<i64> = body["timestamps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect();
+        assert!(ts.len() <= max_points, "{} > {max_points}", ts.len());
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "time order");
+        assert_eq!(ts[0], 0, "first point kept");
+        assert_eq!(*ts.last().unwrap(), 99_999, "last point kept");
+        let values = body["values"].as_array().unwrap();
+        assert!(
+            values.contains(&serde_json::json!(-1e9)),
+            "dip lost at {max_points}"
+        );
+    }
+}
+
+/// The real `engine serve`: SIGTERM stops accepting, lets a running export
+/// finish, and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_serve_on_sigterm_finishes_running_exports_then_exits() {
+    use crate::ingest_support::{free_port, wait_for_port};
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 400_000;
+    // The canonical form (what an export writes), so the download must be
+    // byte-identical to the file imported.
+    let encoder = engine::csv_format::CsvEncoder::default();
+    let mut csv = Vec::new();
+    encoder.write_header(&mut csv);
+    let batch: engine::model::PointBatch = ramp(1_000, rows)
+        .into_iter()
+        .map(|(timestamp_ms, value, quality)| engine::model::Point {
+            timestamp_ms,
+            value,
+            quality,
+        })
+        .collect();
+    encoder.write_batch(&batch, &mut csv);
+    let csv_path = dir.path().join("points.csv");
+    std::fs::write(&csv_path, &csv).unwrap();
+    let data = dir.path().join("data");
+    let bin = crate::support::engine_bin();
+    let import = std::process::Command::new(bin)
+        .arg("import")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--sensor", "s"])
+        .arg(&csv_path)
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+
+    let (http, grpc) = (free_port(), free_port());
+    let mut server = std::process::Command::new(bin)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--grpc-addr")
+        .arg(format!("127.0.0.1:{grpc}"))
+        .arg("--web-dir")
+        .arg(dir.path().join("no-dashboard"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::task::spawn_blocking(move || wait_for_port(http, Duration::from_secs(20)))
+        .await
+        .unwrap();
+
+    let mut response = client()
+        .get(format!(
+            "http://127.0.0.1:{http}/api/v1/export?sensor_id=s&start_ts=0&end_ts=99999999"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.chunk().await.unwrap().unwrap().to_vec();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // Not reading for a while: the export is mid-way, held by backpressure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", http))
+            .await
+            .is_err(),
+        "still accepting after SIGTERM"
+    );
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    assert!(body == csv, "the running export was cut or changed");
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "engine serve exited with {status}");
 }

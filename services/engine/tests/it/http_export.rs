@@ -10,13 +10,15 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Instrumented, MemStore, TestServer, client, expected_csv, ramp, test_config};
+use crate::support::{
+    Instrumented, TestServer, TestStore, client, expected_csv, ramp, test_config,
+};
 
 const SENSOR: &str = "boiler-1/temp";
 
 /// Awkward values: every float the format must keep.
-fn awkward_store() -> Arc<MemStore> {
-    let store = MemStore::shared(3);
+fn awkward_store() -> Arc<TestStore> {
+    let store = TestStore::shared(3);
     store.put(
         SENSOR,
         [
@@ -179,7 +181,7 @@ async fn every_error_is_json_with_its_code_before_any_csv() {
 
 #[tokio::test]
 async fn non_ascii_ids_get_an_rfc6266_filename() {
-    let store = MemStore::shared(100);
+    let store = TestStore::shared(100);
     store.put("Kessel Ü1", [(1_767_225_600_000, 1.5, 192)]);
     let server = TestServer::start(store).await;
     let response = get(
@@ -196,7 +198,7 @@ async fn non_ascii_ids_get_an_rfc6266_filename() {
 
 #[tokio::test]
 async fn excel_options_bom_semicolon_and_local_time() {
-    let store = MemStore::shared(100);
+    let store = TestStore::shared(100);
     // Berlin leaves summer time at 2026-10-25T01:00Z: 02:30 local happens twice.
     store.put(
         "Kessel Ü1",
@@ -447,7 +449,7 @@ async fn gzip_and_zstd_are_honoured_and_decode_to_the_same_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xlsx_is_a_real_workbook_continued_on_next_sheets() {
     use calamine::{Data, Reader, Xlsx};
-    let store = MemStore::shared(7);
+    let store = TestStore::shared(7);
     let mut points = ramp(1_767_225_600_000, 25);
     points[3].1 = f64::NAN;
     points[4].1 = f64::NEG_INFINITY;
@@ -478,6 +480,10 @@ async fn xlsx_is_a_real_workbook_continued_on_next_sheets() {
     );
     assert!(response.headers().get("content-encoding").is_none());
     let bytes = response.bytes().await.unwrap();
+    assert!(
+        bytes.starts_with(b"PK\x03\x04"),
+        "a zip, streamed from its first part"
+    );
     let mut workbook = Xlsx::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
     let names = workbook.sheet_names();
     assert_eq!(names.len(), 3, "25 rows at 10 a sheet: {names:?}");

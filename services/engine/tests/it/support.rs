@@ -1,15 +1,14 @@
 //! Helpers shared by the integration tests: deterministic data, the
-//! embedded store in a temporary directory, an in-memory store, a store
-//! wrapper that fails or counts mid-scan, and a real HTTP server on
-//! 127.0.0.1:0.
+//! embedded store in a temporary directory (also behind [`TestStore`], with
+//! synchronous setup), a store wrapper that fails or counts mid-scan, and a
+//! real HTTP server on 127.0.0.1:0.
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use engine::http::{self, AppState, HttpConfig};
@@ -135,20 +134,24 @@ pub fn engine_bin() -> &'static str {
 
 // ---- HTTP test helpers ----
 
-type Series = BTreeMap<i64, (f64, u8)>;
-
-/// A store in memory: the reference semantics, for tests of the transports.
-/// Scans read `batch_rows` points per step under a short lock, lazily.
-pub struct MemStore {
-    data: Arc<RwLock<BTreeMap<SensorId, Series>>>,
+/// The real embedded store in a temporary directory, for tests of the
+/// transports. `put` writes synchronously, for test setup; scans are cut into
+/// batches of at most `batch_rows` points, so that small data still streams
+/// in many batches (the store's own batches are blocks of up to 4096).
+pub struct TestStore {
+    store: Arc<EmbeddedStore>,
     batch_rows: usize,
+    _dir: tempfile::TempDir,
 }
 
-impl MemStore {
+impl TestStore {
     pub fn new(batch_rows: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
         Self {
-            data: Arc::default(),
-            batch_rows,
+            store: Arc::new(store),
+            batch_rows: batch_rows.max(1),
+            _dir: dir,
         }
     }
 
@@ -156,106 +159,69 @@ impl MemStore {
         Arc::new(Self::new(batch_rows))
     }
 
-    /// Adds points without the async ceremony.
+    /// Writes points durably, without the async ceremony.
     pub fn put(&self, sensor: &str, points: impl IntoIterator<Item = (i64, f64, u8)>) {
-        let mut data = self.data.write().unwrap();
-        let series = data.entry(SensorId::new(sensor).unwrap()).or_default();
-        for (t, v, q) in points {
-            series.insert(t, (v, q));
-        }
+        let sensor_id = SensorId::new(sensor).unwrap();
+        let samples = points
+            .into_iter()
+            .map(|(timestamp_ms, value, quality)| Sample {
+                sensor_id: sensor_id.clone(),
+                point: Point {
+                    timestamp_ms,
+                    value,
+                    quality,
+                },
+            })
+            .collect();
+        self.store.write_blocking(samples).expect("write");
     }
-}
-
-fn info(id: &SensorId, series: &Series) -> Option<SensorInfo> {
-    Some(SensorInfo {
-        sensor_id: id.clone(),
-        count: series.len() as u64,
-        first_timestamp_ms: *series.keys().next()?,
-        last_timestamp_ms: *series.keys().next_back()?,
-    })
 }
 
 #[async_trait]
-impl StorageEngine for MemStore {
+impl StorageEngine for TestStore {
     async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
-        let mut data = self.data.write().unwrap();
-        for s in samples {
-            data.entry(s.sensor_id)
-                .or_default()
-                .insert(s.point.timestamp_ms, (s.point.value, s.point.quality));
-        }
-        Ok(())
+        self.store.write(samples).await
     }
 
     fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
-        let data = Arc::clone(&self.data);
-        let id = sensor_id.clone();
         let rows = self.batch_rows;
-        stream::unfold(Some(range.start_ms), move |cursor| {
-            let data = Arc::clone(&data);
-            let id = id.clone();
-            async move {
-                let from = cursor?;
-                if from >= range.end_ms {
-                    return None;
-                }
-                let mut batch = PointBatch::with_capacity(rows);
-                let mut next = None;
-                {
-                    let data = data.read().unwrap();
-                    let series = data.get(&id)?;
-                    for (&t, &(v, q)) in series.range(from..range.end_ms) {
-                        if batch.len() == rows {
-                            next = Some(t);
-                            break;
-                        }
-                        batch.push(Point {
-                            timestamp_ms: t,
-                            value: v,
-                            quality: q,
-                        });
-                    }
-                }
-                if batch.is_empty() {
-                    return None;
-                }
-                Some((Ok(batch), next))
-            }
-        })
-        .boxed()
+        self.store
+            .scan(sensor_id, range)
+            .flat_map(move |item| {
+                let pieces: Vec<Result<PointBatch, StorageError>> = match item {
+                    Ok(batch) => (0..batch.len())
+                        .step_by(rows)
+                        .map(|from| {
+                            Ok((from..(from + rows).min(batch.len()))
+                                .map(|i| batch.point(i))
+                                .collect())
+                        })
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                stream::iter(pieces)
+            })
+            .boxed()
     }
 
     async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
-        let data = self.data.read().unwrap();
-        Ok(data.iter().filter_map(|(id, s)| info(id, s)).collect())
+        self.store.sensors().await
     }
 
     async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
-        let data = self.data.read().unwrap();
-        Ok(data.get(sensor_id).and_then(|s| info(sensor_id, s)))
+        self.store.sensor(sensor_id).await
     }
 
     async fn import(
         &self,
         sensor_id: &SensorId,
-        mut batches: PointStream,
+        batches: PointStream,
     ) -> Result<ImportSummary, StorageError> {
-        let mut staged = Vec::new();
-        while let Some(batch) = batches.next().await {
-            staged.extend(batch?.iter());
-        }
-        let mut data = self.data.write().unwrap();
-        let series = data.entry(sensor_id.clone()).or_default();
-        for p in &staged {
-            series.insert(p.timestamp_ms, (p.value, p.quality));
-        }
-        Ok(ImportSummary {
-            points: staged.len() as u64,
-        })
+        self.store.import(sensor_id, batches).await
     }
 
     async fn close(&self) -> Result<(), StorageError> {
-        Ok(())
+        self.store.close().await
     }
 }
 
