@@ -25,6 +25,17 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
+/// Waits until something accepts connections on `port`. Prefer
+/// [`wait_until_listening`] for a child process: it notices an early exit.
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until `child` accepts connections on `port`; an error if it exits
 /// first or takes longer than `timeout`.
 pub fn wait_until_listening(child: &mut Child, port: u16, timeout: Duration) -> Result<(), String> {
