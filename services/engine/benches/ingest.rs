@@ -26,7 +26,7 @@ use engine::live::LiveStorage;
 use engine::model::{Point, Sample, SensorId, TimeRange};
 use engine::storage::embedded::EmbeddedStore;
 use engine::storage::{
-    ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
+    Downsampled, ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
 };
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -174,6 +174,14 @@ impl StorageEngine for TimedStore {
         batches: PointStream,
     ) -> Result<ImportSummary, StorageError> {
         self.inner.import(sensor_id, batches).await
+    }
+    async fn downsample(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        buckets: usize,
+    ) -> Result<Downsampled, StorageError> {
+        self.inner.downsample(sensor_id, range, buckets).await
     }
     async fn close(&self) -> Result<(), StorageError> {
         self.inner.close().await

@@ -31,7 +31,7 @@ pub struct MalformedMessage(pub String);
 /// Counters of an ingestion source, readable while it runs.
 #[derive(Debug, Default)]
 pub struct IngestStats {
-    /// Messages written and acknowledged.
+    /// Messages written (then acknowledged).
     pub messages: AtomicU64,
     /// Points written.
     pub points: AtomicU64,

@@ -76,6 +76,13 @@ impl NatsConfig {
     }
 }
 
+/// Longest wait for acknowledgements (or a dead-letter publish) to be
+/// handed to the client before the session is given up.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait at shutdown for the last group's write and acknowledgements.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 type Shutdown<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send)>;
 
 /// Why a session with the server ended.
@@ -221,13 +228,29 @@ async fn session(
                 in_flight = Some(tokio::spawn(commit(context.clone(), client.clone(), group)));
             }
         }
-        if stopping || failure.is_some() {
-            finish(in_flight.take()).await?;
-        }
         if stopping {
-            // Push the acknowledgements out before the connection goes.
-            client.flush().await?;
+            // Finish the last group and push the acknowledgements out before
+            // the connection goes; bounded, because with the server gone a
+            // flush waits for a reconnection that may never come (the
+            // unacknowledged messages are then simply redelivered).
+            let drain = async {
+                finish(in_flight.take()).await?;
+                if client.connection_state() == async_nats::connection::State::Connected {
+                    client.flush().await?;
+                }
+                Ok::<_, SessionError>(())
+            };
+            match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(
+                    "NATS acknowledgements not confirmed within {DRAIN_TIMEOUT:?} at shutdown; \
+                     the messages will be redelivered"
+                ),
+            }
             return Ok(SessionEnd::Stopped);
+        }
+        if failure.is_some() {
+            finish(in_flight.take()).await?;
         }
         if let Some(error) = failure {
             return Err(error);
@@ -288,14 +311,23 @@ async fn commit(
     let storage = &context.storage;
     match storage.write(group.samples).await {
         Ok(()) => {
-            for (message, count) in &group.messages {
-                acknowledge(message, AckKind::Ack).await;
-                stats.points.fetch_add(*count as u64, Ordering::Relaxed);
-            }
+            let points: usize = group.messages.iter().map(|(_, count)| count).sum();
+            stats.points.fetch_add(points as u64, Ordering::Relaxed);
             stats
                 .messages
                 .fetch_add(group.messages.len() as u64, Ordering::Relaxed);
-            Ok(())
+            // With the connection down, acknowledgements queue in the client
+            // and, once its buffer is full, wait: give up on the session
+            // instead of stalling (the points are stored; redelivery is
+            // harmless).
+            let acks = async {
+                for (message, _) in &group.messages {
+                    acknowledge(message, AckKind::Ack).await;
+                }
+            };
+            tokio::time::timeout(ACK_TIMEOUT, acks)
+                .await
+                .map_err(|_| SessionError::from("NATS acknowledgements timed out"))
         }
         Err(StorageError::InvalidInput(reason)) => {
             // Every point was validated, so this is the store's own limit:
@@ -332,9 +364,11 @@ async fn commit(
 }
 
 async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
-    if let Err(error) = message.ack_with(kind).await {
+    match tokio::time::timeout(ACK_TIMEOUT, message.ack_with(kind)).await {
+        Ok(Ok(())) => {}
         // The server redelivers after `ack_wait`; a rewrite is harmless.
-        tracing::debug!(%error, "NATS acknowledgement failed");
+        Ok(Err(error)) => tracing::debug!(%error, "NATS acknowledgement failed"),
+        Err(_) => tracing::debug!("NATS acknowledgement timed out"),
     }
 }
 
@@ -361,11 +395,11 @@ async fn dead_letter(
             .collect();
         headers.insert("Sensor-Engine-Error", reason.as_str());
         let subject = format!("{prefix}.{}", message.subject);
-        if let Err(error) = client
-            .publish_with_headers(subject, headers, message.payload.clone())
-            .await
-        {
-            tracing::debug!(%error, "dead-letter publish failed");
+        let publish = client.publish_with_headers(subject, headers, message.payload.clone());
+        match tokio::time::timeout(ACK_TIMEOUT, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "dead-letter publish failed"),
+            Err(_) => tracing::debug!("dead-letter publish timed out"),
         }
     }
     acknowledge(message, AckKind::Term).await;

@@ -25,12 +25,32 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// Waits until something accepts connections on `port`.
+/// Waits until something accepts connections on `port`. Prefer
+/// [`wait_until_listening`] for a child process: it notices an early exit.
 pub fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `child` accepts connections on `port`; an error if it exits
+/// first or takes longer than `timeout`.
+pub fn wait_until_listening(child: &mut Child, port: u16, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited before listening on {port}: {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not listening on {port} after {timeout:?}"));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -57,12 +77,16 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nats-server");
-        wait_for_port(port, Duration::from_secs(10));
-        Self {
+        // Owned before waiting, so a failed wait still kills it.
+        let mut server = Self {
             child,
             port,
             _dir: dir,
+        };
+        if let Err(why) = wait_until_listening(&mut server.child, port, Duration::from_secs(20)) {
+            panic!("nats-server on {port}: {why}");
         }
+        server
     }
 
     pub fn url(&self) -> String {
@@ -86,24 +110,36 @@ pub struct Engine {
 impl Engine {
     /// Starts `engine serve` on a data directory with fresh ports and waits
     /// until gRPC accepts connections.
+    ///
+    /// A port picked free can be taken by someone else before the engine
+    /// binds it; the engine then exits at once, and is started again on
+    /// other ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let http_port = free_port();
-        let grpc_port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_engine"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
-            .args(extra)
-            // Warnings and errors only: the test output stays readable.
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start engine");
-        wait_for_port(grpc_port, Duration::from_secs(30));
-        Self { child, grpc_port }
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let http_port = free_port();
+            let grpc_port = free_port();
+            let child = Command::new(env!("CARGO_BIN_EXE_engine"))
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+                .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+                .args(extra)
+                // Warnings and errors only: the test output stays readable.
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start engine");
+            // Owned before waiting, so a failed wait still kills it.
+            let mut engine = Self { child, grpc_port };
+            match wait_until_listening(&mut engine.child, grpc_port, Duration::from_secs(90)) {
+                Ok(()) => return engine,
+                Err(why) => last_error = why,
+            }
+        }
+        panic!("the engine did not start: {last_error}");
     }
 
     pub fn grpc_url(&self) -> String {

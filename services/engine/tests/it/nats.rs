@@ -273,3 +273,30 @@ async fn every_published_point_is_stored_exactly_once_across_a_sigkill() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_prompt_with_the_server_gone() {
+    let nats = NatsServer::start();
+    let store = Arc::new(MemStore::default());
+    let consumer = start_consumer(nats.url(), Arc::clone(&store));
+    consumer.wait_connected().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish("sensors.x", points_message("x", 0, 100).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let counted = Arc::clone(&store);
+    assert!(eventually(Duration::from_secs(20), || counted.total() == 100).await);
+    drop(js);
+    drop(nats);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    consumer.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
