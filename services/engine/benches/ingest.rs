@@ -389,7 +389,7 @@ async fn run() {
                         .map(|ts| PbPoint {
                             sensor_id: sensor.clone(),
                             timestamp_ms: ts,
-                            value: ts as f64 * 0.1,
+                            value: Some(ts as f64 * 0.1),
                             quality: 192,
                         })
                         .collect(),

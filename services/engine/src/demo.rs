@@ -232,10 +232,8 @@ pub async fn run(storage: SharedStorage, shutdown: impl Future<Output = ()> + Se
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::live::tests::MemStore;
+    use crate::live::tests::embedded_store;
 
     #[test]
     fn readings_are_plausible_and_deterministic() {
@@ -272,7 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn backfill_writes_history_once() {
-        let store: SharedStorage = Arc::new(MemStore::default());
+        let (store, _dir) = embedded_store();
         let now = 1_767_225_600_000;
         let first = backfill(&store, now).await.unwrap();
         assert_eq!(first, 5 * 60_480);

@@ -124,7 +124,7 @@ fn samples_from_proto(points: Vec<pb::Point>) -> Result<Vec<Sample>, Status> {
             sensor_id,
             point: Point {
                 timestamp_ms,
-                value: point.value,
+                value: point.value.unwrap_or(0.0),
                 quality,
             },
         });
@@ -351,7 +351,7 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::live::LiveStorage;
-    use crate::live::tests::MemStore;
+    use crate::live::tests::embedded_store;
     use std::sync::Arc;
 
     #[test]
@@ -359,7 +359,7 @@ mod tests {
         let point = |id: &str, ts: i64, q: u32| pb::Point {
             sensor_id: id.to_owned(),
             timestamp_ms: ts,
-            value: 1.0,
+            value: Some(1.0),
             quality: q,
         };
         assert_eq!(
@@ -399,7 +399,8 @@ mod tests {
 
     #[tokio::test]
     async fn scan_of_an_unknown_sensor_is_not_found_and_errors_map_once() {
-        let live = Arc::new(LiveStorage::new(Arc::new(MemStore::default())));
+        let (store, _dir) = embedded_store();
+        let live = Arc::new(LiveStorage::new(store));
         let hub = live.hub().clone();
         let service = GrpcService::new(live, hub);
         let status = service

@@ -395,102 +395,15 @@ fn points_json(batch: &PointBatch) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::model::{Point, quality};
 
-    /// A minimal in-memory store for unit tests of the transports.
-    #[derive(Default)]
-    pub(crate) struct MemStore {
-        data: Mutex<BTreeMap<SensorId, BTreeMap<i64, Point>>>,
-        closed: AtomicBool,
-    }
-
-    #[async_trait]
-    impl StorageEngine for MemStore {
-        async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(StorageError::Closed);
-            }
-            for s in &samples {
-                crate::model::check_timestamp(s.point.timestamp_ms)
-                    .map_err(|e| StorageError::InvalidInput(e.to_string()))?;
-            }
-            let mut data = self.data.lock().unwrap();
-            for s in samples {
-                data.entry(s.sensor_id)
-                    .or_default()
-                    .insert(s.point.timestamp_ms, s.point);
-            }
-            Ok(())
-        }
-
-        fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
-            let data = self.data.lock().unwrap();
-            let batch: PointBatch = data
-                .get(sensor_id)
-                .map(|points| {
-                    points
-                        .values()
-                        .filter(|p| range.contains(p.timestamp_ms))
-                        .copied()
-                        .collect()
-                })
-                .unwrap_or_default();
-            let items = if batch.is_empty() {
-                vec![]
-            } else {
-                vec![Ok(batch)]
-            };
-            stream::iter(items).boxed()
-        }
-
-        async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
-            let data = self.data.lock().unwrap();
-            Ok(data
-                .iter()
-                .filter_map(|(id, points)| info(id, points))
-                .collect())
-        }
-
-        async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
-            let data = self.data.lock().unwrap();
-            Ok(data.get(sensor_id).and_then(|p| info(sensor_id, p)))
-        }
-
-        async fn import(
-            &self,
-            sensor_id: &SensorId,
-            mut batches: PointStream,
-        ) -> Result<ImportSummary, StorageError> {
-            let mut samples = Vec::new();
-            while let Some(batch) = batches.next().await {
-                for point in batch?.iter() {
-                    samples.push(Sample {
-                        sensor_id: sensor_id.clone(),
-                        point,
-                    });
-                }
-            }
-            let points = samples.len() as u64;
-            self.write(samples).await?;
-            Ok(ImportSummary { points })
-        }
-
-        async fn close(&self) -> Result<(), StorageError> {
-            self.closed.store(true, Ordering::Release);
-            Ok(())
-        }
-    }
-
-    fn info(id: &SensorId, points: &BTreeMap<i64, Point>) -> Option<SensorInfo> {
-        Some(SensorInfo {
-            sensor_id: id.clone(),
-            count: points.len() as u64,
-            first_timestamp_ms: *points.keys().next()?,
-            last_timestamp_ms: *points.keys().next_back()?,
-        })
+    /// The real embedded store in a temporary directory, removed when the
+    /// returned guard drops.
+    pub(crate) fn embedded_store() -> (SharedStorage, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::storage::embedded::EmbeddedStore::open(dir.path()).unwrap();
+        (Arc::new(store), dir)
     }
 
     pub(crate) fn sample(id: &str, ts: i64, value: f64) -> Sample {
@@ -506,7 +419,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn followers_get_only_their_sensors_points_after_the_write() {
-        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let (store, _dir) = embedded_store();
+        let live = LiveStorage::new(store);
         let a = SensorId::new("a").unwrap();
         let mut follower = live.hub().subscribe(&a);
         live.write(vec![
@@ -525,7 +439,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_failed_write_publishes_nothing() {
-        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let (store, _dir) = embedded_store();
+        let live = LiveStorage::new(store);
         let a = SensorId::new("a").unwrap();
         let mut follower = live.hub().subscribe(&a);
         let bad = sample("a", i64::MAX, 1.0);
@@ -536,7 +451,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_lagging_follower_is_told_to_resync() {
-        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let (store, _dir) = embedded_store();
+        let live = LiveStorage::new(store);
         let a = SensorId::new("a").unwrap();
         let mut follower = live.hub().subscribe(&a);
         for ts in 0..(CHANNEL_CAPACITY as i64 + 5) {
@@ -547,7 +463,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn small_imports_are_published_and_closing_ends_followers() {
-        let live = LiveStorage::new(Arc::new(MemStore::default()));
+        let (store, _dir) = embedded_store();
+        let live = LiveStorage::new(store);
         let a = SensorId::new("a").unwrap();
         let mut follower = live.hub().subscribe(&a);
         let batch: PointBatch = [sample("a", 5, 1.5).point].into_iter().collect();

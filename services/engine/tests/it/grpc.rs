@@ -13,13 +13,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-use crate::ingest_support::MemStore;
-
 pub fn point(sensor: &str, ts: i64, value: f64) -> Point {
     Point {
         sensor_id: sensor.to_owned(),
         timestamp_ms: ts,
-        value,
+        value: Some(value),
         quality: 192,
     }
 }
@@ -32,7 +30,7 @@ struct Server {
 }
 
 async fn start_server() -> Server {
-    let live = Arc::new(LiveStorage::new(Arc::new(MemStore::default())));
+    let live = Arc::new(LiveStorage::new(crate::support::TestStore::shared(4096)));
     let hub = live.hub().clone();
     let storage: SharedStorage = live;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,6 +79,7 @@ async fn write_scan_list_and_subscribe_with_a_tonic_client() {
         WriteRequest {
             points: vec![
                 point("Kessel Ü1/Temperatur", 5, f64::NAN),
+                point("Kessel Ü1/Temperatur", 7, -0.0),
                 point("Kessel Ü1/Temperatur", 10, 5e-324),
             ],
         },
@@ -90,12 +89,12 @@ async fn write_scan_list_and_subscribe_with_a_tonic_client() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.points_written, 4);
+    assert_eq!(response.points_written, 5);
 
     // Requests that queue up may be merged into one store write, so the
     // follower sees one or two updates; together, every point in order.
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         let update = tokio::time::timeout(Duration::from_secs(5), follower.next())
             .await
             .unwrap()
@@ -106,7 +105,8 @@ async fn write_scan_list_and_subscribe_with_a_tonic_client() {
     }
     assert_eq!(seen[0], (10, 1.5));
     assert_eq!(seen[1].0, 5);
-    assert_eq!(seen[2], (10, 5e-324));
+    assert_eq!((seen[2].0, seen[2].1.to_bits()), (7, (-0.0f64).to_bits()));
+    assert_eq!(seen[3], (10, 5e-324));
 
     let mut scan = client
         .scan(ScanRequest {
@@ -118,12 +118,13 @@ async fn write_scan_list_and_subscribe_with_a_tonic_client() {
         .unwrap()
         .into_inner();
     let batch = scan.next().await.unwrap().unwrap();
-    assert_eq!(batch.timestamps_ms, vec![5, 10]);
+    assert_eq!(batch.timestamps_ms, vec![5, 7, 10]);
     assert!(batch.values[0].is_nan());
-    // Bit-exact (a subnormal). Not -0.0: prost's encoder, like proto3's
-    // implicit presence, omits a singular double equal to 0.0, and -0.0 == 0.0.
-    assert_eq!(batch.values[1].to_bits(), 5e-324f64.to_bits(), "bit-exact");
-    assert_eq!(batch.qualities, vec![192, 192]);
+    // Bit-exact both ways: -0.0 (sent because `value` has explicit presence)
+    // and a subnormal.
+    assert_eq!(batch.values[1].to_bits(), (-0.0f64).to_bits(), "-0.0 kept");
+    assert_eq!(batch.values[2].to_bits(), 5e-324f64.to_bits(), "bit-exact");
+    assert_eq!(batch.qualities, vec![192, 192, 192]);
     assert!(scan.next().await.is_none());
 
     let sensors = client
@@ -134,7 +135,7 @@ async fn write_scan_list_and_subscribe_with_a_tonic_client() {
         .sensors;
     let ids: Vec<&str> = sensors.iter().map(|s| s.sensor_id.as_str()).collect();
     assert_eq!(ids, vec!["Kessel Ü1/Temperatur", "b"]);
-    assert_eq!(sensors[0].count, 2);
+    assert_eq!(sensors[0].count, 3);
 
     // Errors: not found, bad input (nothing of that request stored).
     let status = client
@@ -224,7 +225,7 @@ async fn health_and_reflection_are_served() {
 
 #[tokio::test]
 async fn sse_endpoint_pushes_points_as_they_are_written() {
-    let live = Arc::new(LiveStorage::new(Arc::new(MemStore::default())));
+    let live = Arc::new(LiveStorage::new(crate::support::TestStore::shared(4096)));
     let app: axum::Router = engine::live::routes(live.hub().clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,18 +1,10 @@
 //! Helpers of the ingestion tests (`grpc`, `nats`): free ports, a private
-//! nats-server, an in-memory store, and the real `engine` binary.
+//! nats-server, and the real `engine` binary.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use async_trait::async_trait;
-use engine::model::{Point, PointBatch, Sample, SensorId, TimeRange, check_timestamp};
-use engine::storage::{ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError};
-use futures_util::StreamExt;
-use futures_util::stream;
 
 /// The nats-server Debian installs (2.9).
 pub const NATS_SERVER: &str = "/usr/sbin/nats-server";
@@ -157,105 +149,6 @@ impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A store in memory, for tests of the transports alone.
-#[derive(Default)]
-pub struct MemStore {
-    data: Mutex<BTreeMap<SensorId, BTreeMap<i64, Point>>>,
-}
-
-impl MemStore {
-    /// Every point of a sensor.
-    pub fn points(&self, sensor_id: &str) -> Vec<Point> {
-        let data = self.data.lock().unwrap();
-        SensorId::new(sensor_id)
-            .ok()
-            .and_then(|id| data.get(&id).map(|p| p.values().copied().collect()))
-            .unwrap_or_default()
-    }
-
-    pub fn total(&self) -> usize {
-        self.data.lock().unwrap().values().map(|p| p.len()).sum()
-    }
-}
-
-fn info(id: &SensorId, points: &BTreeMap<i64, Point>) -> Option<SensorInfo> {
-    Some(SensorInfo {
-        sensor_id: id.clone(),
-        count: points.len() as u64,
-        first_timestamp_ms: *points.keys().next()?,
-        last_timestamp_ms: *points.keys().next_back()?,
-    })
-}
-
-#[async_trait]
-impl StorageEngine for MemStore {
-    async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
-        for s in &samples {
-            check_timestamp(s.point.timestamp_ms)
-                .map_err(|e| StorageError::InvalidInput(e.to_string()))?;
-        }
-        let mut data = self.data.lock().unwrap();
-        for s in samples {
-            data.entry(s.sensor_id)
-                .or_default()
-                .insert(s.point.timestamp_ms, s.point);
-        }
-        Ok(())
-    }
-
-    fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
-        let data = self.data.lock().unwrap();
-        let batch: PointBatch = data
-            .get(sensor_id)
-            .map(|points| {
-                points
-                    .range(range.start_ms..range.end_ms.max(range.start_ms))
-                    .map(|(_, p)| *p)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let items = if batch.is_empty() {
-            vec![]
-        } else {
-            vec![Ok(batch)]
-        };
-        stream::iter(items).boxed()
-    }
-
-    async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
-        let data = self.data.lock().unwrap();
-        Ok(data.iter().filter_map(|(id, p)| info(id, p)).collect())
-    }
-
-    async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
-        let data = self.data.lock().unwrap();
-        Ok(data.get(sensor_id).and_then(|p| info(sensor_id, p)))
-    }
-
-    async fn import(
-        &self,
-        sensor_id: &SensorId,
-        mut batches: PointStream,
-    ) -> Result<ImportSummary, StorageError> {
-        let mut samples = Vec::new();
-        while let Some(batch) = batches.next().await {
-            for point in batch?.iter() {
-                samples.push(Sample {
-                    sensor_id: sensor_id.clone(),
-                    point,
-                });
-            }
-        }
-        let points = samples.len() as u64;
-        self.write(samples).await?;
-        Ok(ImportSummary { points })
-    }
-
-    async fn close(&self) -> Result<(), StorageError> {
-        Ok(())
     }
 }
 

@@ -10,7 +10,8 @@ use engine::storage::SharedStorage;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
-use crate::ingest_support::{MemStore, NatsServer, eventually, free_port};
+use crate::ingest_support::{NatsServer, eventually, free_port};
+use crate::support::TestStore;
 
 /// A message of `count` points of `sensor` starting at `first_ts`.
 pub fn points_message(sensor: &str, first_ts: i64, count: i64) -> String {
@@ -32,7 +33,7 @@ struct Consumer {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start_consumer(url: String, store: Arc<MemStore>) -> Consumer {
+fn start_consumer(url: String, store: Arc<TestStore>) -> Consumer {
     let stats = Arc::new(IngestStats::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let storage: SharedStorage = store;
@@ -75,7 +76,7 @@ type IngestStatsSnapshot = engine::ingest::IngestSnapshot;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_are_dead_lettered_without_stopping_the_flow() {
     let nats = NatsServer::start();
-    let store = Arc::new(MemStore::default());
+    let store = TestStore::shared(4096);
     let consumer = start_consumer(nats.url(), Arc::clone(&store));
     consumer.wait_connected().await;
 
@@ -148,7 +149,7 @@ async fn malformed_messages_are_dead_lettered_without_stopping_the_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingestion_waits_for_a_late_server_and_reconnects_after_a_restart() {
     let port = free_port();
-    let store = Arc::new(MemStore::default());
+    let store = TestStore::shared(4096);
     let consumer = start_consumer(format!("nats://127.0.0.1:{port}"), Arc::clone(&store));
     // Nothing listens yet: the consumer retries with backoff.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -277,7 +278,7 @@ async fn every_published_point_is_stored_exactly_once_across_a_sigkill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_prompt_with_the_server_gone() {
     let nats = NatsServer::start();
-    let store = Arc::new(MemStore::default());
+    let store = TestStore::shared(4096);
     let consumer = start_consumer(nats.url(), Arc::clone(&store));
     consumer.wait_connected().await;
     let client = async_nats::connect(nats.url()).await.unwrap();

@@ -175,6 +175,23 @@ impl TestStore {
             .collect();
         self.store.write_blocking(samples).expect("write");
     }
+
+    /// Every point of a sensor, read through a real scan. Synchronous, for
+    /// polled conditions; needs the multi-threaded test runtime.
+    pub fn points(&self, sensor: &str) -> Vec<Point> {
+        let id = SensorId::new(sensor).unwrap();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(scan_all(&*self.store, &id, TimeRange::ALL))
+        })
+    }
+
+    /// Points stored, over all sensors. Synchronous, like [`TestStore::points`].
+    pub fn total(&self) -> usize {
+        let sensors = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(self.store.sensors())
+        });
+        sensors.unwrap().iter().map(|s| s.count as usize).sum()
+    }
 }
 
 #[async_trait]
