@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::cli::read_csv;
+use engine::csv_format::read_points;
 use engine::model::{Point, PointBatch, Sample, SensorId, TimeRange};
 use engine::storage::StorageEngine;
 use engine::storage::embedded::{EmbeddedOptions, EmbeddedStore};
@@ -297,7 +297,7 @@ fn main() {
             let file = std::fs::File::open(&csv_path).unwrap();
             let started = Instant::now();
             let summary = store
-                .import(&SensorId::new("imported").unwrap(), read_csv(file))
+                .import(&SensorId::new("imported").unwrap(), read_points(file))
                 .await
                 .unwrap();
             ours.push(started.elapsed().as_secs_f64());

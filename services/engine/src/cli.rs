@@ -9,11 +9,11 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 
-use crate::csv_format::{CsvEncoder, CsvPointReader};
+use crate::csv_format::{CsvEncoder, read_points};
 use crate::model::{SensorId, TimeRange, parse_timestamp};
 use crate::server::{self, ServeConfig};
 use crate::storage::embedded::EmbeddedStore;
-use crate::storage::{PointStream, SharedStorage, StorageEngine, StorageError};
+use crate::storage::{SharedStorage, StorageEngine, StorageError};
 
 /// Sensor time-series engine: stores sensor readings, serves the dashboard,
 /// exports raw data as CSV or Excel.
@@ -177,7 +177,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 _ => Box::new(io::stdin()),
             };
             let store = open_store(&data_dir.data_dir).await?;
-            let summary = store.import(&sensor, read_csv(source)).await?;
+            let summary = store.import(&sensor, read_points(source)).await?;
             store.close().await?;
             eprintln!("imported {} points into {sensor}", summary.points);
             Ok(())
@@ -211,14 +211,11 @@ async fn execute(command: Command) -> Result<(), CliError> {
         Command::Sensors { data_dir } => {
             let store = open_store(&data_dir.data_dir).await?;
             let mut out = io::BufWriter::new(io::stdout().lock());
-            let write = |out: &mut dyn Write| -> io::Result<()> {
-                writeln!(
-                    out,
-                    "sensor_id\tcount\tfirst_timestamp_ms\tlast_timestamp_ms"
-                )?;
-                Ok(())
-            };
-            write(&mut out).map_err(CliError::Output)?;
+            writeln!(
+                out,
+                "sensor_id\tcount\tfirst_timestamp_ms\tlast_timestamp_ms"
+            )
+            .map_err(CliError::Output)?;
             for info in store.sensors().await? {
                 writeln!(
                     out,
@@ -231,36 +228,4 @@ async fn execute(command: Command) -> Result<(), CliError> {
             Ok(())
         }
     }
-}
-
-/// Rows per batch handed to the store while importing.
-const IMPORT_BATCH_POINTS: usize = 64 * 1024;
-
-/// Parses CSV on a blocking thread into a stream of batches; a bad row ends
-/// the stream with [`StorageError::InvalidInput`] naming the line, which makes
-/// the store discard the whole import.
-pub fn read_csv(source: impl Read + Send + 'static) -> PointStream {
-    let (sender, receiver) = tokio::sync::mpsc::channel(2);
-    tokio::task::spawn_blocking(move || {
-        let mut reader = CsvPointReader::new(source);
-        loop {
-            let item = reader
-                .next_batch(IMPORT_BATCH_POINTS)
-                .map_err(|e| StorageError::InvalidInput(e.to_string()));
-            let done = !matches!(&item, Ok(batch) if !batch.is_empty());
-            if matches!(&item, Ok(batch) if batch.is_empty()) {
-                return;
-            }
-            if sender.blocking_send(item).is_err() || done {
-                return;
-            }
-        }
-    });
-    tokio_stream_from(receiver)
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut receiver: tokio::sync::mpsc::Receiver<T>,
-) -> futures_util::stream::BoxStream<'static, T> {
-    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
 }

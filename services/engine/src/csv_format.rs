@@ -25,9 +25,11 @@
 
 use std::io::Read;
 
+use futures_util::StreamExt;
 use jiff::tz::TimeZone;
 
 use crate::model::{PointBatch, check_timestamp};
+use crate::storage::{PointStream, StorageError};
 
 /// The header line of the strict format, without the line end.
 pub const HEADER: &str = "timestamp_ms,value,quality";
@@ -246,6 +248,33 @@ impl<R: Read> CsvPointReader<R> {
     fn line(&self) -> u64 {
         self.record.position().map_or(1, |p| p.line())
     }
+}
+
+/// Rows per batch handed on by [`read_points`].
+const READ_BATCH_POINTS: usize = 16_384;
+
+/// Parses CSV from a blocking reader on a blocking thread into a stream of
+/// batches, two batches ahead at most. A bad row ends the stream with
+/// [`StorageError::InvalidInput`] naming the line, which makes
+/// [`crate::storage::StorageEngine::import`] discard the whole import.
+/// Dropping the stream stops the parser.
+pub fn read_points(source: impl Read + Send + 'static) -> PointStream {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = CsvPointReader::new(source);
+        loop {
+            let item = match reader.next_batch(READ_BATCH_POINTS) {
+                Ok(batch) if batch.is_empty() => return,
+                Ok(batch) => Ok(batch),
+                Err(e) => Err(StorageError::InvalidInput(e.to_string())),
+            };
+            let failed = item.is_err();
+            if sender.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
 }
 
 fn parse_field<T>(

@@ -1,27 +1,21 @@
 //! `POST /api/v1/import?sensor_id=`: loads a CSV body in the export format,
 //! streaming, all or nothing, with the rules of `engine import`
-//! ([`CsvPointReader`]).
+//! ([`read_points`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::csv_format::{CsvError, CsvPointReader};
-use crate::model::PointBatch;
-use crate::storage::{PointStream, StorageError};
+use crate::csv_format::read_points;
+use crate::storage::StorageError;
 
 use super::{ApiError, AppState, params};
-
-/// Rows parsed per batch handed to the store.
-const IMPORT_BATCH_ROWS: usize = 16_384;
 
 #[derive(Debug, Serialize)]
 pub struct ImportResult {
@@ -38,53 +32,17 @@ pub async fn import(
     let Query(query) = query?;
     let sensor_id = params::sensor_id(query.get("sensor_id").map(String::as_str))?;
 
-    // The CSV reader is synchronous (the csv crate); it runs on a blocking
-    // thread reading the body through a bridge, and hands batches to the
-    // store through a small channel, so memory stays bounded by the body size.
+    // The CSV reader is synchronous (the csv crate): it reads the body
+    // through a bridge on a blocking thread, a couple of batches ahead.
     let body = body.into_data_stream().map_err(std::io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(body));
-    let (tx, rx) = mpsc::channel::<Result<PointBatch, StorageError>>(2);
-    let csv_error: Arc<Mutex<Option<CsvError>>> = Arc::default();
-    let csv_error_slot = Arc::clone(&csv_error);
-    let parser = tokio::task::spawn_blocking(move || {
-        let mut reader = CsvPointReader::new(reader);
-        loop {
-            let item = match reader.next_batch(IMPORT_BATCH_ROWS) {
-                Ok(batch) if batch.is_empty() => return,
-                Ok(batch) => Ok(batch),
-                Err(error) => {
-                    let message = error.to_string();
-                    if let Ok(mut slot) = csv_error_slot.lock() {
-                        *slot = Some(error);
-                    }
-                    Err(StorageError::InvalidInput(message))
-                }
-            };
-            let stop = item.is_err();
-            if tx.blocking_send(item).is_err() || stop {
-                return;
-            }
-        }
-    });
-    let batches: PointStream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed();
-
-    let result = state.storage.import(&sensor_id, batches).await;
-    // The parser ends once the channel is closed; it holds nothing we need.
-    drop(parser);
-    match result {
+    let batches = read_points(SyncIoBridge::new(StreamReader::new(body)));
+    match state.storage.import(&sensor_id, batches).await {
         Ok(summary) => Ok(Json(ImportResult {
             sensor_id: sensor_id.as_str().to_owned(),
             points: summary.points,
         })),
-        Err(error) => {
-            let csv = csv_error.lock().ok().and_then(|mut slot| slot.take());
-            match csv {
-                Some(csv) => Err(ApiError::InvalidCsv(csv.to_string())),
-                None => Err(error.into()),
-            }
-        }
+        // In an import, rejected input is the CSV's ("line N: ...").
+        Err(StorageError::InvalidInput(message)) => Err(ApiError::InvalidCsv(message)),
+        Err(error) => Err(error.into()),
     }
 }
