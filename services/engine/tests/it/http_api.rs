@@ -358,7 +358,9 @@ async fn shutdown_stops_accepting_and_lets_running_exports_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drops_exports_still_running_at_the_deadline() {
     let store = TestStore::shared(4096);
-    store.put("s", ramp(0, 500_000));
+    // ~84 MB of CSV: far more than the loopback socket buffers can absorb
+    // while the client reads nothing, so the export cannot finish by itself.
+    store.put("s", ramp(0, 3_000_000));
     let config = engine::http::HttpConfig {
         shutdown_grace: Duration::from_millis(200),
         ..test_config()
