@@ -4,11 +4,14 @@ import type { LivePoints } from '../types';
 export interface LiveHandlers {
   onPoints: (p: LivePoints) => void;
   onStatus: (s: 'connecting' | 'open' | 'error') => void;
+  /** Points were missed (this client fell behind, or an import rewrote history): refetch. */
+  onResync: () => void;
 }
 
 /**
  * `GET /api/v1/live?sensor_id=`: Server-Sent Events, one `event: points` per batch of
- * newly written points. EventSource reconnects by itself after a drop.
+ * newly written points, and `event: resync` when points were missed, so the range
+ * must be fetched again. EventSource reconnects by itself after a drop.
  * Returns the function that closes the stream.
  */
 export function subscribeLive(sensorId: string, h: LiveHandlers, Source: typeof EventSource = EventSource): () => void {
@@ -24,5 +27,6 @@ export function subscribeLive(sensorId: string, h: LiveHandlers, Source: typeof 
       /* a malformed event is skipped; the next one carries on */
     }
   });
+  es.addEventListener('resync', () => h.onResync());
   return () => es.close();
 }

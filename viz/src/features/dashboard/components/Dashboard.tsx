@@ -48,7 +48,7 @@ export function Dashboard() {
   const span = range ? range.end - range.start : 0;
 
   const series = useSeries(url.sensor !== null && range ? { sensorId: url.sensor, start: range.start, end: range.end, maxPoints } : null);
-  const live = useLive(url.sensor, url.live && range !== null, span);
+  const live = useLive(url.sensor, url.live && range !== null, span, series.reload);
 
   useEffect(() => {
     document.title = url.sensor ? `${url.sensor} · Sensor trends` : 'Sensor trends';

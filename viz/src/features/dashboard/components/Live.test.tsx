@@ -68,6 +68,23 @@ describe('Live mode', () => {
     expect(calls.filter((c) => c.pathname === '/api/v1/series').length).toBe(seriesCalls);
   });
 
+  it('refetches the range when the server says points were missed', async () => {
+    const { calls } = backend();
+    window.history.replaceState(null, '', `/?sensor=${encodeURIComponent(ID)}&from=now-5m&to=now&live=1`);
+    render(<Dashboard />);
+    await screen.findByRole('img', { name: /Trend of live\/feed/ });
+    const es = FakeEventSource.last!;
+    act(() => es.emit('points', { timestamps: [Date.now()], values: [2], qualities: [192] }));
+    expect(points()).toBe(2);
+    const seriesCalls = () => calls.filter((c) => c.pathname === '/api/v1/series').length;
+    const before = seriesCalls();
+    act(() => es.emit('resync', {}));
+    await vi.waitFor(() => expect(seriesCalls()).toBe(before + 1));
+    // The pushed point is dropped with the buffer; the refetched range holds the truth.
+    await vi.waitFor(() => expect(points()).toBe(1));
+    expect(FakeEventSource.last).toBe(es);
+  });
+
   it('the Live toggle keeps the window length, ends at now, and closes the stream when off', async () => {
     const user = userEvent.setup();
     backend();

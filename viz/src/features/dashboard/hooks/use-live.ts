@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import { subscribeLive } from '../api/live';
 import type { LivePoints } from '../types';
 
@@ -9,10 +9,16 @@ const EMPTY: LivePoints = { timestamps: [], values: [], qualities: [] };
 /**
  * Live mode's client side: the points the server pushed since the stream opened
  * (only the last `spanMs` of them are kept) and a clock ticking every second so the
- * window slides even when no point arrives. Nothing while disabled.
+ * window slides even when no point arrives. Nothing while disabled. When the server
+ * says points were missed, the buffer is dropped and `onResync` refetches the range.
  */
-export function useLive(sensorId: string | null, enabled: boolean, spanMs: number) {
+export function useLive(sensorId: string | null, enabled: boolean, spanMs: number, onResync: () => void) {
   const [buffer, setBuffer] = useState<LivePoints>(EMPTY);
+  // A ref, so a new callback each render does not reopen the stream.
+  const resync = useRef(onResync);
+  useEffect(() => {
+    resync.current = onResync;
+  }, [onResync]);
   const [status, setStatus] = useState<LiveStatus>('off');
   const [now, setNow] = useState(() => Date.now());
 
@@ -20,6 +26,10 @@ export function useLive(sensorId: string | null, enabled: boolean, spanMs: numbe
     if (!enabled || sensorId === null) return;
     const close = subscribeLive(sensorId, {
       onStatus: setStatus,
+      onResync: () => {
+        setBuffer(EMPTY);
+        resync.current();
+      },
       onPoints: (p) => {
         const t = Date.now();
         setBuffer((b) => {
