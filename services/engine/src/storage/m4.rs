@@ -36,6 +36,9 @@ impl Summary {
 
     /// Summarises columns of points in strictly increasing time order.
     pub fn of_columns(timestamps: &[i64], values: &[f64], qualities: &[u8]) -> Option<Self> {
+        if timestamps.is_empty() {
+            return None;
+        }
         let point = |i: usize| Point {
             timestamp_ms: timestamps[i],
             value: values[i],
@@ -59,7 +62,7 @@ impl Summary {
         }
         summary.min = min.map(point);
         summary.max = max.map(point);
-        (!timestamps.is_empty()).then_some(summary)
+        Some(summary)
     }
 
     /// Combines two summaries of disjoint runs.
@@ -326,6 +329,7 @@ mod tests {
             "earliest of equal maxima"
         );
         assert_eq!(summary.max.unwrap().timestamp_ms, 2);
+        assert_eq!(Summary::of_columns(&[], &[], &[]), None);
         let all_nan = Summary::of_columns(&[1], &[f64::NAN], &[0]).unwrap();
         assert_eq!(all_nan.min, None);
         assert_eq!(Summary::decode(&all_nan.encode()).unwrap().min, None);
