@@ -20,10 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::Json;
 use axum::Router;
 use axum::extract::Query;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -31,6 +30,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::http::{ApiError, params};
 use crate::model::TimeRange;
 use crate::model::{PointBatch, Sample, SensorId};
 use crate::storage::{
@@ -337,24 +337,9 @@ where
 async fn live_events(
     hub: LiveHub,
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let sensor_id = match query {
-        Ok(Query(LiveQuery {
-            sensor_id: Some(id),
-        })) => SensorId::new(&id).map_err(|e| format!("invalid sensor_id: {e}")),
-        Ok(_) => Err("the sensor_id parameter is required".to_owned()),
-        Err(rejection) => Err(rejection.body_text()),
-    };
-    let sensor_id = match sensor_id {
-        Ok(id) => id,
-        Err(message) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"error": "invalid_parameter", "message": message})),
-            )
-                .into_response();
-        }
-    };
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let sensor_id = params::sensor_id(query.sensor_id.as_deref())?;
     let subscription = hub.subscribe(&sensor_id);
     let events = stream::once(async { Ok(Event::default().comment("following")) }).chain(
         subscription
@@ -368,7 +353,7 @@ async fn live_events(
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    Ok(response)
 }
 
 fn sse_event(update: &LiveUpdate) -> Event {
