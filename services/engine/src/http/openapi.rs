@@ -74,6 +74,14 @@ pub fn document() -> Value {
             "200": {"description": "Sensor", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Sensor"}}}},
             "404": error("sensor_not_found")
           }}},
+        "/api/v1/live": {"get": {
+          "summary": "Live points of a sensor as Server-Sent Events",
+          "parameters": [param("sensor_id", true, "Sensor id")],
+          "responses": {
+            "200": {"description": "event: points, data {timestamps, values (null for NaN and infinities), qualities} per write; event: resync when points were missed (fetch the range again)",
+                    "content": {"text/event-stream": {}}},
+            "400": error("invalid_parameter")
+          }}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}}
       },
       "components": {"schemas": {

@@ -237,6 +237,7 @@ async fn health_openapi_and_unknown_api_routes_via_oneshot() {
         "/api/v1/series",
         "/api/v1/sensors",
         "/api/v1/sensors/{id}",
+        "/api/v1/live",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} undocumented");
     }
