@@ -359,9 +359,7 @@ pub(crate) fn rebatch(
                         None if batch.len() >= min_rows => return Some((Ok(batch), (scan, false))),
                         None => merged.insert(batch),
                         Some(acc) => {
-                            acc.timestamps.extend_from_slice(&batch.timestamps);
-                            acc.values.extend_from_slice(&batch.values);
-                            acc.qualities.extend_from_slice(&batch.qualities);
+                            acc.extend_from_batch(&batch);
                             acc
                         }
                     };

@@ -267,9 +267,7 @@ impl StorageEngine for LiveStorage {
                         if kept.len() + batch.len() > IMPORT_LIVE_LIMIT {
                             *copy = None;
                         } else {
-                            kept.timestamps.extend_from_slice(&batch.timestamps);
-                            kept.values.extend_from_slice(&batch.values);
-                            kept.qualities.extend_from_slice(&batch.qualities);
+                            kept.extend_from_batch(batch);
                         }
                     }
                 })

@@ -155,6 +155,13 @@ impl PointBatch {
         self.qualities.push(point.quality);
     }
 
+    /// Appends every point of `other`, in its order.
+    pub fn extend_from_batch(&mut self, other: &PointBatch) {
+        self.timestamps.extend_from_slice(&other.timestamps);
+        self.values.extend_from_slice(&other.values);
+        self.qualities.extend_from_slice(&other.qualities);
+    }
+
     pub fn clear(&mut self) {
         self.timestamps.clear();
         self.values.clear();

@@ -87,9 +87,7 @@ pub async fn series(
         let mut scan = state.storage.scan(&sensor_id, range);
         while let Some(batch) = scan.next().await {
             let batch = batch?;
-            raw.timestamps.extend_from_slice(&batch.timestamps);
-            raw.values.extend_from_slice(&batch.values);
-            raw.qualities.extend_from_slice(&batch.qualities);
+            raw.extend_from_batch(&batch);
         }
         raw
     };
