@@ -25,11 +25,10 @@
 
 use std::io::Read;
 
-use futures_util::StreamExt;
 use jiff::tz::TimeZone;
 
 use crate::model::{PointBatch, check_timestamp};
-use crate::storage::{PointStream, StorageError};
+use crate::storage::{PointStream, StorageError, receiver_stream};
 
 /// The header line of the strict format, without the line end.
 pub const HEADER: &str = "timestamp_ms,value,quality";
@@ -259,7 +258,7 @@ const READ_BATCH_POINTS: usize = 16_384;
 /// [`crate::storage::StorageEngine::import`] discard the whole import.
 /// Dropping the stream stops the parser.
 pub fn read_points(source: impl Read + Send + 'static) -> PointStream {
-    let (sender, mut receiver) = tokio::sync::mpsc::channel(2);
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
         let mut reader = CsvPointReader::new(source);
         loop {
@@ -274,7 +273,7 @@ pub fn read_points(source: impl Read + Send + 'static) -> PointStream {
             }
         }
     });
-    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+    receiver_stream(receiver)
 }
 
 fn parse_field<T>(

@@ -28,6 +28,14 @@ pub use m4::Downsampled;
 /// HTTP body. Dropping it stops the scan.
 pub type PointStream = BoxStream<'static, Result<PointBatch, StorageError>>;
 
+/// The batches a producer thread sends into `receiver`, as a [`PointStream`].
+/// Dropping the stream closes the channel, which tells the producer to stop.
+pub(crate) fn receiver_stream(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<PointBatch, StorageError>>,
+) -> PointStream {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
+}
+
 /// What the store knows about one sensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SensorInfo {

@@ -43,7 +43,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefi
 use self::codec::MAX_BLOCK_POINTS;
 use self::wal::{Group, WalWriter};
 use super::m4::{Downsampled, M4, Summary};
-use super::{ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError};
+use super::{ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError, receiver_stream};
 use crate::model::{Point, PointBatch, Sample, SensorId, TimeRange, check_timestamp};
 
 /// Blocks: `(sensor key, first timestamp)` → encoded block.
@@ -960,12 +960,6 @@ fn trim_to_range(batch: &mut PointBatch, start_ms: i64, end_ms: i64) {
 enum ImportMessage {
     Batch(PointBatch),
     Commit,
-}
-
-fn receiver_stream<T: Send + 'static>(
-    mut receiver: tokio::sync::mpsc::Receiver<T>,
-) -> futures_util::stream::BoxStream<'static, T> {
-    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
 }
 
 #[async_trait]
