@@ -421,6 +421,7 @@ async fn run() {
         let samples = (chunk * 100_000..(chunk + 1) * 100_000)
             .map(|ts| Sample {
                 sensor_id: sensor.clone(),
+                seq: None,
                 point: Point {
                     timestamp_ms: ts,
                     value: ts as f64 / 3.0,

@@ -54,6 +54,7 @@ fn samples(id: &SensorId, batch: &PointBatch, from: usize, to: usize) -> Vec<Sam
     (from..to)
         .map(|i| Sample {
             sensor_id: id.clone(),
+            seq: None,
             point: batch.point(i),
         })
         .collect()

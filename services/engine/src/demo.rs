@@ -172,6 +172,7 @@ pub async fn backfill(storage: &SharedStorage, until_ms: i64) -> Result<u64, Sto
         while ts < until_ms {
             chunk.push(Sample {
                 sensor_id: sensor_id.clone(),
+                seq: None,
                 point: reading(index, *kind, ts),
             });
             if chunk.len() == BACKFILL_CHUNK {
@@ -196,6 +197,7 @@ pub fn tick(timestamp_ms: i64) -> Vec<Sample> {
         .filter_map(|(index, (id, kind))| {
             Some(Sample {
                 sensor_id: SensorId::new(id).ok()?,
+                seq: None,
                 point: reading(index, *kind, timestamp_ms),
             })
         })

@@ -77,6 +77,12 @@ pub fn status_from(error: StorageError) -> Status {
     match error {
         StorageError::InvalidInput(message) => Status::invalid_argument(message),
         StorageError::Closed => Status::unavailable("the store is closed; retry later"),
+        StorageError::Full(message) => {
+            Status::resource_exhausted(format!("no space left for the store: {message}"))
+        }
+        StorageError::Failed(message) => Status::unavailable(format!(
+            "the store refuses writes until it is restarted: {message}"
+        )),
         error => {
             tracing::error!(%error, "gRPC request failed in the store");
             match error {
@@ -122,6 +128,7 @@ fn samples_from_proto(points: Vec<pb::Point>) -> Result<Vec<Sample>, Status> {
         })?;
         samples.push(Sample {
             sensor_id,
+            seq: None,
             point: Point {
                 timestamp_ms,
                 value: point.value.unwrap_or(0.0),

@@ -140,6 +140,7 @@ pub fn parse_message(payload: &[u8]) -> Result<Vec<Sample>, MalformedMessage> {
             .map_err(|e| MalformedMessage(format!("point {index}: timestamp_ms {e}")))?;
         samples.push(Sample {
             sensor_id,
+            seq: None,
             point: Point {
                 timestamp_ms,
                 value: p.value.0,

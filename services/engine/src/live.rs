@@ -34,7 +34,8 @@ use crate::http::{ApiError, params};
 use crate::model::TimeRange;
 use crate::model::{PointBatch, Sample, SensorId};
 use crate::storage::{
-    Downsampled, ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
+    Downsampled, ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine,
+    StorageError, StoreHealth,
 };
 
 /// Writes a follower may fall behind before it is told to resynchronise.
@@ -284,6 +285,10 @@ impl StorageEngine for LiveStorage {
         Ok(summary)
     }
 
+    fn health(&self) -> StoreHealth {
+        self.inner.health()
+    }
+
     async fn close(&self) -> Result<(), StorageError> {
         self.hub.close();
         self.inner.close().await
@@ -392,6 +397,7 @@ pub(crate) mod tests {
     pub(crate) fn sample(id: &str, ts: i64, value: f64) -> Sample {
         Sample {
             sensor_id: SensorId::new(id).unwrap(),
+            seq: None,
             point: Point {
                 timestamp_ms: ts,
                 value,

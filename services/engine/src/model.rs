@@ -113,11 +113,37 @@ impl PartialEq for Point {
 }
 impl Eq for Point {}
 
+/// The largest stream sequence a [`Sample`] may carry (`2^63 - 1`). Versions
+/// above it belong to direct writes, so a direct write outranks every point
+/// that came from a stream.
+pub const MAX_STREAM_SEQ: u64 = (1 << 63) - 1;
+
 /// A point addressed to a sensor: the unit of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     pub sensor_id: SensorId,
     pub point: Point,
+    /// Where the point stands in an ordered log it came from: the NATS
+    /// JetStream stream sequence of its message (1 to [`MAX_STREAM_SEQ`]).
+    /// `None` for a direct write (gRPC, import, the demo).
+    ///
+    /// A store orders the writes of one `(sensor, timestamp)` by version: a
+    /// point from a stream has its `seq`, a direct write a version above
+    /// every stream sequence that grows with each direct write. A write
+    /// replaces the stored point only when its version is at least as high,
+    /// so a message redelivered after a newer one was stored changes nothing.
+    pub seq: Option<u64>,
+}
+
+impl Sample {
+    /// A direct write of `point` to `sensor_id`.
+    pub fn new(sensor_id: SensorId, point: Point) -> Self {
+        Self {
+            sensor_id,
+            point,
+            seq: None,
+        }
+    }
 }
 
 /// Points of one sensor in columns, the unit a scan yields.

@@ -74,9 +74,39 @@ pub enum StorageError {
     /// An error of the backend's own (redb, PostgreSQL).
     #[error("storage backend error: {0}")]
     Backend(String),
-    /// The store was shut down, or a failure earlier made it refuse writes.
+    /// The disk (or quota) is full: the write was refused and left nothing
+    /// behind. The store keeps serving reads and takes writes again as soon
+    /// as there is room, without a restart.
+    #[error("no space left for the store: {0}")]
+    Full(String),
+    /// An earlier failure (a failed fsync) left what is on disk unknown, so
+    /// the store refuses writes until it is restarted and has recovered.
+    #[error("the store refuses writes until it is restarted: {0}")]
+    Failed(String),
+    /// The store was shut down.
     #[error("the store is closed")]
     Closed,
+}
+
+impl StorageError {
+    /// Whether a write that failed with this error may succeed if retried
+    /// later without a restart (a full disk, a store briefly unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StorageError::Full(_))
+    }
+}
+
+/// Whether a store can do its work, for liveness and readiness probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Reads and writes work.
+    Ok,
+    /// Reads work; writes are refused for now (a full disk) and will work
+    /// again by themselves once the cause is gone.
+    Degraded(String),
+    /// Writes are refused until a restart (a failed fsync, a lost
+    /// connection that cannot be re-established).
+    Failed(String),
 }
 
 /// A time-series store of sensor points.
@@ -133,6 +163,12 @@ pub trait StorageEngine: Send + Sync + 'static {
             m4.add_batch(&batch?);
         }
         Ok(m4.finish())
+    }
+
+    /// How the store is doing right now; cheap (no I/O), so probes may call
+    /// it often.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
     }
 
     /// Makes everything written so far durable in the store's main structure

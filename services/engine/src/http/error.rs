@@ -71,7 +71,10 @@ impl ApiError {
             ApiError::Storage(StorageError::InvalidInput(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_input")
             }
-            ApiError::Storage(StorageError::Closed) => {
+            ApiError::Storage(StorageError::Full(_)) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            ApiError::Storage(StorageError::Closed | StorageError::Failed(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
             ApiError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -312,9 +312,9 @@ impl Inner {
             return Err(StorageError::Closed);
         }
         if writer.failed {
-            return Err(StorageError::Io(std::io::Error::other(
-                "an earlier write could not reach the disk; restart the engine to recover",
-            )));
+            return Err(StorageError::Failed(
+                "an earlier write could not reach the disk; restart the engine to recover".into(),
+            ));
         }
         Ok(writer)
     }

@@ -273,6 +273,7 @@ async fn sse_endpoint_pushes_points_as_they_are_written() {
     let storage: SharedStorage = live.clone();
     let sample = |ts: i64, value: f64| engine::model::Sample {
         sensor_id: engine::model::SensorId::new("Kessel Ü1/Temperatur").unwrap(),
+        seq: None,
         point: engine::model::Point {
             timestamp_ms: ts,
             value,

@@ -64,6 +64,7 @@ pub fn samples(sensor_id: &SensorId, points: impl IntoIterator<Item = Point>) ->
         .into_iter()
         .map(|point| Sample {
             sensor_id: sensor_id.clone(),
+            seq: None,
             point,
         })
         .collect()
@@ -166,6 +167,7 @@ impl TestStore {
             .into_iter()
             .map(|(timestamp_ms, value, quality)| Sample {
                 sensor_id: sensor_id.clone(),
+                seq: None,
                 point: Point {
                     timestamp_ms,
                     value,
