@@ -19,8 +19,9 @@
 //! ```
 //!
 //! Every value round-trips bit-exactly: decimal mode is only chosen when
-//! `(int as f64) / 10^scale` reproduces each value's bits, which excludes
-//! `-0.0`, NaN and infinities; XOR mode stores bits.
+//! `(int as f64) / 10^scale`, computed from the stored integer exactly as
+//! the decoder does, reproduces each value's bits. That excludes `-0.0`
+//! (its integer is 0), NaN and infinities; XOR mode stores bits.
 
 use crate::model::PointBatch;
 
@@ -200,9 +201,11 @@ fn decimal_scale(values: &[f64]) -> Option<u8> {
         let power = POWERS_OF_TEN[scale as usize];
         for &v in values {
             let int = (v * power).round();
+            // Checked exactly as `decode_values` will rebuild it: from the
+            // integer, so -0.0 (whose integer is 0) is refused here.
             if int.is_nan()
                 || int.abs() >= MAX_DECIMAL_INT
-                || (int / power).to_bits() != v.to_bits()
+                || ((int as i64) as f64 / power).to_bits() != v.to_bits()
             {
                 continue 'scales;
             }
@@ -514,6 +517,22 @@ mod tests {
             1e-300,
         ];
         roundtrip(&batch_of(&values, |i| i as i64 * 1000 - 5000));
+    }
+
+    #[test]
+    fn negative_zero_among_decimals_keeps_its_sign() {
+        // Without a NaN in the block the decimal mode is tried first: -0.0
+        // must push it to XOR instead of becoming +0.0.
+        for values in [
+            &[-0.0, 21.5][..],
+            &[21.5, -0.0, 0.0, 1.25][..],
+            &[-0.0][..],
+            &[0.0, -0.0][..],
+        ] {
+            roundtrip(&batch_of(values, |i| 1000 * (i as i64 + 1)));
+        }
+        let block = encode(&[1, 2], &[21.5, 0.0], &[192, 192]);
+        assert_eq!(block[HEADER_LEN + 2], VALUES_DECIMAL, "+0.0 stays decimal");
     }
 
     #[test]
