@@ -97,6 +97,30 @@ struct Outcome {
     health_after: StoreHealth,
 }
 
+/// Opens a store, retrying while the directory reads as locked: other
+/// tests spawn processes, and between fork and exec a child holds copies of
+/// our descriptors, the lock's among them.
+async fn open_retrying(
+    dir: &std::path::Path,
+    options: EmbeddedOptions,
+) -> Result<EmbeddedStore, StorageError> {
+    for _ in 0..100 {
+        let (dir, options) = (dir.to_owned(), options.clone());
+        match tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&dir, options))
+            .await
+            .unwrap()
+        {
+            Err(StorageError::Locked { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            result => return result,
+        }
+    }
+    Err(StorageError::Locked {
+        path: dir.display().to_string(),
+    })
+}
+
 /// Writes, scans and closes, recording which writes were acknowledged.
 async fn workload(dir: &std::path::Path, faults: Faults) -> Result<Outcome, StorageError> {
     let options = options(faults);
@@ -160,13 +184,9 @@ async fn workload(dir: &std::path::Path, faults: Faults) -> Result<Outcome, Stor
 
 /// Reopens without faults and checks the promises against `outcome`.
 async fn check_recovery(dir: &std::path::Path, outcome: &Outcome, case: &str) {
-    let dir_owned = dir.to_owned();
-    let store = tokio::task::spawn_blocking(move || {
-        EmbeddedStore::open_with(&dir_owned, options(Faults::default()))
-    })
-    .await
-    .unwrap()
-    .unwrap_or_else(|e| panic!("{case}: reopening failed: {e}"));
+    let store = open_retrying(dir, options(Faults::default()))
+        .await
+        .unwrap_or_else(|e| panic!("{case}: reopening failed: {e}"));
     let mut stored: HashMap<(String, i64), f64> = HashMap::new();
     for s in 0..3 {
         let id = sensor(&format!("faults/{s}"));
