@@ -15,7 +15,9 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::csv_format::read_points;
 use crate::storage::StorageError;
 
-use super::{ApiError, AppState, params};
+use super::error::ApiError;
+use super::params;
+use super::state::AppState;
 
 #[derive(Debug, Serialize)]
 pub struct ImportResult {

@@ -7,6 +7,8 @@ mod conformance;
 mod crash;
 mod http_api;
 mod http_export;
+mod http_export_aggregates;
+mod http_export_formats;
 mod recovery;
 
 // Ingestion and live view (issue 5): gRPC, NATS, SSE, demo.
