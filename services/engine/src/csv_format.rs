@@ -178,20 +178,28 @@ pub fn text_field(text: &str, options: &CsvOptions) -> Vec<u8> {
     out
 }
 
-/// The Excel preset's local time: `2026-10-25 02:30:00.000` (a date-time
-/// Excel and LibreOffice read as such in any locale), the delimiter, and the
-/// offset as text: `UTC+02:00`.
+/// The Excel preset's local time: `2026-10-25 02:30:00.000` with the
+/// CSV's decimal mark before the milliseconds (`02:30:00,000` with
+/// `decimal=,`: spreadsheets read the fraction with the locale's mark, and
+/// take the text for a date-time only then), the delimiter, and the offset
+/// as text: `UTC+02:00`.
 pub fn write_excel_local_time(
     timestamp_ms: i64,
     zone: &TimeZone,
-    delimiter: u8,
+    options: &CsvOptions,
     out: &mut Vec<u8>,
 ) {
     use std::io::Write;
     if let Ok(ts) = jiff::Timestamp::from_millisecond(timestamp_ms) {
         let zoned = ts.to_zoned_datetime(zone.clone());
-        let _ = write!(out, "{}", zoned.strftime("%Y-%m-%d %H:%M:%S%.3f"));
-        out.push(delimiter);
+        let mark = if options.decimal_comma { ',' } else { '.' };
+        let _ = write!(
+            out,
+            "{}{mark}{:03}",
+            zoned.strftime("%Y-%m-%d %H:%M:%S"),
+            timestamp_ms.rem_euclid(1000)
+        );
+        out.push(options.delimiter);
         let _ = write!(out, "{}", zoned.strftime("UTC%:z"));
     }
 }

@@ -88,7 +88,7 @@ impl TableCsvEncoder {
             if let Some(zone) = &self.options.time_zone {
                 out.push(d);
                 if self.options.excel {
-                    write_excel_local_time(chunk.timestamps[row], zone, d, out);
+                    write_excel_local_time(chunk.timestamps[row], zone, &self.options, out);
                 } else {
                     write_local_time(chunk.timestamps[row], zone, out);
                 }

@@ -445,10 +445,10 @@ async fn the_excel_preset_defuses_formulas_and_writes_real_local_times() {
     );
     assert_eq!(
         lines[1],
-        "'=SUM(A1);500;21,5;192;1970-01-01 01:00:00.500;UTC+01:00"
+        "'=SUM(A1);500;21,5;192;1970-01-01 01:00:00,500;UTC+01:00"
     );
     assert!(
-        lines.contains(&"\"line,\"\"2\"\"\";3000;'-inf;255;1970-01-01 01:00:03.000;UTC+01:00"),
+        lines.contains(&"\"line,\"\"2\"\"\";3000;'-inf;255;1970-01-01 01:00:03,000;UTC+01:00"),
         "{lines:#?}"
     );
     // Nothing starts a formula: every field beginning with = + - @ is quoted by '.
@@ -866,4 +866,158 @@ async fn many_points_merge_across_windows() {
     }
     let total: usize = expected.values().map(|c| c.iter().flatten().count()).sum();
     assert_eq!(count, total);
+}
+
+/// Opens the Excel preset's CSV in LibreOffice Calc the way a spreadsheet
+/// user's import does (special numbers such as dates detected, formulas
+/// evaluated), with English settings (`,` and `.`) and German ones (`;` and
+/// `,`), saves it as XLSX and reads that back with openpyxl: timestamps,
+/// values and qualities are numbers, `time_local` a date-time, nothing is a
+/// formula, non-finite values are text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_excel_preset_opens_in_libreoffice_in_english_and_german() {
+    let Some(soffice) = libreoffice() else {
+        eprintln!(
+            "SKIPPED: LibreOffice (soffice) is not installed and could not be installed; \
+             scripts/ensure-services installs libreoffice-calc-nogui"
+        );
+        return;
+    };
+    let server = TestServer::start(store()).await;
+    let sensors = sensor_query();
+    for (language, separator, options) in [
+        ("1033", "44", "preset=excel&time_zone=Europe/Berlin"),
+        (
+            "1031",
+            "59",
+            "preset=excel&delimiter=;&decimal=,&time_zone=Europe/Berlin",
+        ),
+    ] {
+        let (_, body) =
+            download(&server, &format!("{sensors}&{RANGE}&layout=long&{options}")).await;
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("export.csv");
+        std::fs::write(&csv, &body).unwrap();
+        // CSV filter: separator, quote, UTF-8, from line 1, no column types,
+        // language, quoted-as-text off, detect special numbers on, (export
+        // options), evaluate formulas on.
+        let filter =
+            format!("CSV:{separator},34,76,1,,{language},false,true,false,false,false,-1,true");
+        let profile = format!(
+            "-env:UserInstallation=file://{}/profile",
+            dir.path().display()
+        );
+        let output = std::process::Command::new(&soffice)
+            .args(["--headless", "--norestore", &profile])
+            .arg(format!("--infilter={filter}"))
+            .args(["--convert-to", "xlsx", "--outdir"])
+            .arg(dir.path())
+            .arg(&csv)
+            .output()
+            .unwrap();
+        let xlsx = dir.path().join("export.xlsx");
+        assert!(
+            xlsx.exists(),
+            "LibreOffice did not convert: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let output = std::process::Command::new(python())
+            .arg("-c")
+            .arg(
+                "import json, sys, openpyxl\n\
+                 cell = lambda c: [c.value.isoformat() if c.data_type == 'd' else c.value, c.data_type]\n\
+                 rows = [[cell(c) for c in r] for r in openpyxl.load_workbook(sys.argv[1]).active.iter_rows()]\n\
+                 print(json.dumps(rows))",
+            )
+            .arg(&xlsx)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let rows: Vec<Vec<(Value, String)>> = serde_json::from_slice(&output.stdout).unwrap();
+        let what = format!("language {language}");
+        let header: Vec<&str> = rows[0].iter().map(|c| c.0.as_str().unwrap()).collect();
+        assert_eq!(
+            header,
+            [
+                "sensor_id",
+                "timestamp_ms",
+                "value",
+                "quality",
+                "time_local",
+                "utc_offset"
+            ],
+            "{what}"
+        );
+        let text = |s: &str| (Value::from(s), "s".to_owned());
+        let expected = long_rows();
+        assert_eq!(rows.len() - 1, expected.len(), "{what}");
+        for (row, (id, t, v, q)) in rows[1..].iter().zip(&expected) {
+            let at = format!("{what} {id} {t}");
+            // The id is text, never a formula; one that looked like one
+            // keeps the ' that defused it.
+            let shown_id = if id.starts_with('=') {
+                format!("'{id}")
+            } else {
+                id.clone()
+            };
+            assert_eq!(row[0], text(&shown_id), "{at}");
+            assert_eq!(row[1], (Value::from(*t), "n".into()), "{at}");
+            let (cell, kind) = &row[2];
+            if v.is_finite() {
+                assert_eq!(kind, "n", "{at}: {cell}");
+                // A spreadsheet keeps 15 significant digits of a CSV
+                // number (0.30000000000000004 becomes 0.3; the XLSX export
+                // is exact), flushes subnormals to 0 and drops the sign of
+                // zero, as Excel does.
+                let want = if v.is_subnormal() {
+                    0.0
+                } else {
+                    format!("{v:.14e}").parse::<f64>().unwrap()
+                };
+                assert_eq!(cell.as_f64().unwrap(), want, "{at}");
+            } else {
+                let want = if v.is_nan() {
+                    "NaN"
+                } else if *v > 0.0 {
+                    "inf"
+                } else {
+                    "'-inf"
+                };
+                assert_eq!(row[2], text(want), "{at}");
+            }
+            assert_eq!(row[3], (Value::from(*q), "n".into()), "{at}");
+            // 1970-01-01 01:00:0t local (+01:00), as a date-time.
+            let millis = t % 1000;
+            let want = if millis == 0 {
+                format!("1970-01-01T01:00:{:02}", t / 1000)
+            } else {
+                format!("1970-01-01T01:00:{:02}.{:06}", t / 1000, millis * 1000)
+            };
+            assert_eq!(row[4], (Value::from(want), "d".into()), "{at}");
+            assert_eq!(row[5], text("UTC+01:00"), "{at}");
+        }
+    }
+}
+
+/// LibreOffice's `soffice`, installed from Debian when missing and we may.
+fn libreoffice() -> Option<PathBuf> {
+    let found = || {
+        ["/usr/bin/soffice", "/usr/local/bin/soffice"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    };
+    if let Some(path) = found() {
+        return Some(path);
+    }
+    let installed = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("[ \"$(id -u)\" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libreoffice-calc-nogui")
+        .status()
+        .is_ok_and(|s| s.success());
+    if installed { found() } else { None }
 }
