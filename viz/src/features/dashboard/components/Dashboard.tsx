@@ -94,7 +94,7 @@ export function Dashboard() {
         />
         {url.sensor !== null && (
           <SensorPicker
-            label="Add sensor"
+            label="Compare with"
             sensors={list?.filter((s) => s.sensor_id !== url.sensor && !more.includes(s.sensor_id))}
             loading={sensors.status === 'loading'}
             value={null}
