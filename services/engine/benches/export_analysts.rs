@@ -215,8 +215,9 @@ fn main() {
     );
 
     // Memory of a 100-sensor wide export.
+    // Measured from before the first such export: its windows and chunks
+    // are what a 100-sensor export adds to a running server.
     let hundreds = query(&hundred, 100_000);
-    curl(&url(&format!("{hundreds}&layout=wide")), &[], "/dev/null");
     std::thread::sleep(Duration::from_millis(300));
     let idle = status_kib("VmRSS:");
     reset_peak_rss();

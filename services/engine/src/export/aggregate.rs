@@ -459,7 +459,7 @@ impl Plan {
 
 /// Points folded per window, about: enough to amortise a window's scans,
 /// small enough that two windows keep both cores busy on a short range.
-const WINDOW_POINTS: f64 = 2_000_000.0;
+const WINDOW_POINTS: f64 = 1_000_000.0;
 /// Bucket cells (buckets x sensors) per window at most: the window's
 /// accumulators and its output chunk stay a few MB.
 const WINDOW_CELLS: i64 = 32_768;

@@ -24,8 +24,9 @@ use super::table::{Cells, Chunk, Column};
 use crate::model::{PointBatch, SensorId, TimeRange};
 use crate::storage::{SharedStorage, StorageError};
 
-/// Points a window aims at, over all its sensors (about 4 MB).
-const WINDOW_POINTS: usize = 256 * 1024;
+/// Points a window aims at, over all its sensors (about 9 MB): enough that
+/// a window's scans cost little beside its rows.
+const WINDOW_POINTS: usize = 512 * 1024;
 /// Points a window may hold before it is cut short.
 const WINDOW_CAP: usize = 2 * WINDOW_POINTS;
 /// Cells (rows x value columns) per output chunk: what one encoder task
@@ -285,6 +286,36 @@ fn long_chunk(capacity: usize) -> Chunk {
 fn merge_wide(batches: &[PointBatch]) -> Vec<Chunk> {
     let sensors = batches.len();
     let rows_per_chunk = (CHUNK_CELLS / sensors.max(1)).max(64);
+    if let Some(first) = batches.first()
+        && batches[1..]
+            .iter()
+            .all(|b| b.timestamps == first.timestamps)
+    {
+        // Sensors sampled together (the common case): the columns are the
+        // batches' own, cut into chunks; no cell is empty.
+        return (0..first.len())
+            .step_by(rows_per_chunk)
+            .map(|from| {
+                let to = (from + rows_per_chunk).min(first.len());
+                let mut columns = Vec::with_capacity(2 * sensors);
+                for batch in batches {
+                    columns.push(Column {
+                        cells: Cells::Float(batch.values[from..to].to_vec()),
+                        present: None,
+                    });
+                    columns.push(Column {
+                        cells: Cells::Quality(batch.qualities[from..to].to_vec()),
+                        present: None,
+                    });
+                }
+                Chunk {
+                    sensors: Vec::new(),
+                    timestamps: first.timestamps[from..to].to_vec(),
+                    columns,
+                }
+            })
+            .collect();
+    }
     let mut heads = vec![0usize; sensors];
     let mut chunks = Vec::new();
     let mut chunk = wide_chunk(sensors, rows_per_chunk);
@@ -433,6 +464,33 @@ mod tests {
             let total: usize = batches.iter().map(PointBatch::len).sum();
             assert_eq!(rows.len(), total);
         }
+    }
+
+    #[test]
+    fn sensors_sampled_together_keep_their_columns() {
+        let a = batch(&[(1, 10.0), (2, 20.0), (3, 30.0)]);
+        let b = batch(&[(1, -1.0), (2, -2.0), (3, -3.0)]);
+        let chunks = merge_wide(&[a, b]);
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].timestamps, [1, 2, 3]);
+        assert_eq!(
+            chunks[0].columns[2].cells,
+            Cells::Float(vec![-1.0, -2.0, -3.0])
+        );
+        assert!(chunks[0].columns.iter().all(|c| c.present.is_none()));
+        // The same rows as the general merge gives.
+        let mut uneven = batch(&[(1, -1.0), (2, -2.0), (3, -3.0)]);
+        uneven.push(Point {
+            timestamp_ms: 4,
+            value: 0.0,
+            quality: 0,
+        });
+        let general = merge_wide(&[batch(&[(1, 10.0), (2, 20.0), (3, 30.0)]), uneven]);
+        assert_eq!(general[0].timestamps, [1, 2, 3, 4]);
+        assert_eq!(
+            general[0].columns[0].present.as_deref(),
+            Some(&[true, true, true, false][..])
+        );
     }
 
     #[test]
