@@ -120,7 +120,8 @@ export function TrendChart(props: TrendChartProps) {
       ],
       series: [
         { label: 'Time', value: (_u, v) => (v == null ? '–' : formatTime(v)) },
-        { label: extraIds.length > 0 ? sensorId : 'Value', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.line, width: 1.5, points: { show: false } },
+        // With other sensors on the x column, the main line's own points are apart: join them.
+        { label: extraIds.length > 0 ? sensorId : 'Value', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.line, width: 1.5, points: { show: false }, spanGaps: extraIds.length > 0 },
         { label: 'Uncertain', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.uncertain, width: 0, paths: () => null, points: { show: true, size: 7, stroke: COLORS.uncertain, fill: COLORS.uncertain } },
         { label: 'Bad', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.bad, width: 0, paths: () => null, points: { show: true, size: 8, stroke: COLORS.bad, fill: COLORS.bad } },
         ...extraSeries,
