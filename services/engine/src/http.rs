@@ -9,7 +9,7 @@
 //!    slowloris and graceful shutdown with a deadline).
 //! 2. The handlers: `export` (`GET /api/v1/export` and its `/summary`, over
 //!    [`crate::export`]), `series` (M4 chart data), `sensors`, `import`,
-//!    `openapi`.
+//!    `health`, `openapi`.
 //! 3. What every handler shares: [`state`] ([`AppState`], [`HttpConfig`]),
 //!    [`error::ApiError`] (the one error type, mapped to status + JSON once)
 //!    and `params` (checked query parameters). None of these imports a
@@ -39,7 +39,8 @@ use crate::storage::SharedStorage;
 
 pub mod error;
 mod export;
-mod import;
+mod health;
+pub mod import;
 mod openapi;
 pub(crate) mod params;
 mod sensors;
@@ -52,7 +53,8 @@ pub use state::{AppState, HttpConfig};
 /// The default HTTP address: all interfaces, port 8080 (gRPC keeps 50051).
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 
-/// Every route: `/healthz`, the API under `/api/v1`, then the dashboard.
+/// Every route: `/healthz`, `/readyz`, the API under `/api/v1`, then the
+/// dashboard.
 pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
     // Compression (gzip, zstd) at the fastest level for the JSON answers.
     // Not for exports: they compress inside their parallel encoders (and
@@ -86,7 +88,8 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
         .method_not_allowed_fallback(api_method_not_allowed)
         .layer(compress);
     let mut app = Router::new()
-        .route("/healthz", get(sensors::healthz))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .nest("/api/v1", api);
     if let Some(dir) = web_dir {
         let spa = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));

@@ -28,6 +28,12 @@ pub struct HttpConfig {
     /// After a shutdown signal, how long running requests (exports) may take
     /// to finish before their connections are dropped.
     pub shutdown_grace: Duration,
+    /// Largest CSV body `POST /api/v1/import` takes; a larger one is
+    /// answered 413 and nothing of it is stored.
+    pub import_max_bytes: u64,
+    /// How long an import's body may stall (no bytes arriving) before the
+    /// import is abandoned with 408 and nothing of it stored.
+    pub import_idle_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -38,6 +44,8 @@ impl Default for HttpConfig {
             xlsx_rows_per_sheet: crate::export::xlsx::EXCEL_MAX_DATA_ROWS,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            import_max_bytes: 16 << 30,
+            import_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -50,6 +58,14 @@ pub struct AppState {
     /// released only when the download ends (or the client leaves).
     pub export_permits: Arc<Semaphore>,
     pub xlsx_rows_per_sheet: u32,
+    pub import_limits: ImportLimits,
+}
+
+/// What an import may take: its size and how long its body may stall.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportLimits {
+    pub max_bytes: u64,
+    pub idle_timeout: Duration,
 }
 
 impl AppState {
@@ -58,6 +74,10 @@ impl AppState {
             storage,
             export_permits: Arc::new(Semaphore::new(config.max_concurrent_exports)),
             xlsx_rows_per_sheet: config.xlsx_rows_per_sheet.max(1),
+            import_limits: ImportLimits {
+                max_bytes: config.import_max_bytes,
+                idle_timeout: config.import_idle_timeout,
+            },
         }
     }
 }

@@ -672,6 +672,7 @@ impl Inner {
     /// of space, are refused as the disk is full).
     fn hold_back_writes(&self) -> Result<(), StorageError> {
         let limit = self.options.head_flush_points.max(1);
+        let started = std::time::Instant::now();
         loop {
             let (active, frozen) = {
                 let memory = self.read_memory();
@@ -685,11 +686,16 @@ impl Inner {
                 std::thread::sleep(Duration::from_micros(excess * 10_000 / limit as u64));
                 return Ok(());
             }
-            if let StoreHealth::Degraded(reason) = self.health.current() {
-                return Err(StorageError::Full(reason));
-            }
             if let Some(reason) = self.health.failure() {
                 return Err(StorageError::Failed(reason));
+            }
+            // Folds failing for lack of space: ask for a retry now (there
+            // may be room again) and refuse only if it does not get through.
+            if let StoreHealth::Degraded(reason) = self.health.current() {
+                if started.elapsed() > 2 * RETRY_FOLD_AFTER {
+                    return Err(StorageError::Full(reason));
+                }
+                self.signal.wake_fold();
             }
             let state = self.signal.lock();
             if state.stopping {
@@ -801,35 +807,59 @@ impl Inner {
                 "{free} bytes free, a fold needs up to {needed}"
             )));
         }
+        // Each commit raises a counter, so that after a failed commit the
+        // reopened database tells whether it landed after all (a write can
+        // fail after redb's header already reached the file).
+        let mut commit_id = 0;
         let attempt = || -> Result<(), StorageError> {
             let txn = self.blocks.begin_write()?;
             {
                 let mut tables = BlockTables::open(&txn)?;
                 work(&mut tables)?;
+                commit_id = tables.meta(blocks::META_COMMITS)? + 1;
+                tables.raise_meta(blocks::META_COMMITS, commit_id)?;
             }
             txn.commit().map_err(blocks::backend)
         };
-        match attempt() {
+        let error = match attempt() {
             Ok(()) => {
                 self.health.set_blocks_full(false);
-                Ok(())
+                return Ok(());
             }
-            Err(error) => {
-                let failures = self.blocks.failures();
-                if failures.fatal() {
-                    let reason = format!("blocks.redb could not be written: {error}");
-                    self.health.fail(reason.clone());
-                    Err(StorageError::Failed(reason))
-                } else if failures.disk_full() {
-                    self.health.set_blocks_full(true);
-                    if let Err(reopen) = self.blocks.reopen() {
-                        tracing::warn!(error = %reopen, "could not reopen blocks.redb yet");
-                    }
-                    Err(StorageError::Full(error.to_string()))
-                } else {
-                    Err(error)
-                }
-            }
+            Err(error) => error,
+        };
+        let failures = self.blocks.failures();
+        if failures.fatal() {
+            // What reached the disk is unknown: this commit may or may not
+            // be found after a restart, as with any database whose fsync
+            // failed mid-commit. Nothing is accepted after it.
+            let reason = format!(
+                "blocks.redb could not be written ({error}); whether the write in flight was \
+                 stored is known only after a restart"
+            );
+            self.health.fail(reason.clone());
+            return Err(StorageError::Failed(reason));
+        }
+        if !failures.disk_full() {
+            return Err(error);
+        }
+        self.health.set_blocks_full(true);
+        if let Err(reopen) = self.blocks.reopen() {
+            // Until it reopens, nothing reads it; the outcome is settled then.
+            tracing::warn!(error = %reopen, "could not reopen blocks.redb yet");
+            return Err(StorageError::Full(error.to_string()));
+        }
+        let landed = commit_id > 0
+            && self
+                .blocks
+                .begin_read()
+                .and_then(|txn| blocks::meta_value(&txn, blocks::META_COMMITS))
+                .is_ok_and(|commits| commits == commit_id);
+        if landed {
+            self.health.set_blocks_full(false);
+            Ok(())
+        } else {
+            Err(StorageError::Full(error.to_string()))
         }
     }
 

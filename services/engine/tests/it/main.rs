@@ -5,10 +5,13 @@ mod support;
 mod cli;
 mod conformance;
 mod crash;
+mod faults;
+mod full_disk;
 mod http_api;
 mod http_export;
 mod http_export_aggregates;
 mod http_export_formats;
+mod import_limits;
 mod recovery;
 
 // Ingestion and live view (issue 5): gRPC, NATS, SSE, demo.

@@ -40,6 +40,8 @@ pub const META_NEXT_KEY: &str = "next_sensor_key";
 /// The highest version in blocks, so direct-write versions keep growing
 /// after the WAL that held them is gone.
 pub const META_LAST_VERSION: &str = "last_version";
+/// Commits so far: tells whether a commit that reported a failure landed.
+pub const META_COMMITS: &str = "commits";
 
 pub fn backend(error: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(error.to_string())
@@ -71,22 +73,46 @@ pub struct Blocks {
 
 impl Blocks {
     /// Opens (creating if needed) the database and its tables.
+    ///
+    /// A new database is created under a temporary name and renamed into
+    /// place once complete, so a failure while creating it (a full disk)
+    /// never leaves a half-written file that no later open could read.
     pub fn open(path: &Path, cache_bytes: usize, faults: Faults) -> Result<Self, StorageError> {
-        let blocks = Self {
+        if !path.exists() {
+            let fresh = path.with_extension("redb.new");
+            let _ = std::fs::remove_file(&fresh);
+            let creating = Self::with_path(&fresh, cache_bytes, faults.clone());
+            creating.reopen()?;
+            creating.create_tables()?;
+            drop(creating);
+            std::fs::rename(&fresh, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+        }
+        let blocks = Self::with_path(path, cache_bytes, faults);
+        blocks.reopen()?;
+        blocks.create_tables()?;
+        Ok(blocks)
+    }
+
+    fn with_path(path: &Path, cache_bytes: usize, faults: Faults) -> Self {
+        Self {
             path: path.to_owned(),
             cache_bytes,
             faults,
             failures: Arc::new(BackendFailures::default()),
             db: RwLock::new(None),
-        };
-        blocks.reopen()?;
-        let txn = blocks.begin_write()?;
+        }
+    }
+
+    fn create_tables(&self) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
         txn.open_table(BLOCKS).map_err(backend)?;
         txn.open_table(SUMMARIES).map_err(backend)?;
         txn.open_table(SENSORS).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
-        txn.commit().map_err(backend)?;
-        Ok(blocks)
+        txn.commit().map_err(backend)
     }
 
     pub fn failures(&self) -> &BackendFailures {

@@ -199,6 +199,10 @@ impl WalWriter {
             });
         }
         if let Err(error) = self.faults.sync(IoTarget::Wal, &self.file) {
+            // The caller is told the write failed, so it must not come back
+            // after a restart as if it had been acknowledged: cut it off
+            // (best effort: with fsync failing, nothing is certain).
+            let _ = self.faults.set_len(IoTarget::Wal, &self.file, self.len);
             return Err(WalError::Failed(error));
         }
         self.len += self.buffer.len() as u64;
