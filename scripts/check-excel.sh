@@ -3,7 +3,10 @@
 # imports a default CSV export and an Excel-style one
 # (bom=true&delimiter=;&time_zone=Europe/Berlin) and saves them as .xlsx; it
 # also converts our own format=xlsx export. openpyxl then reads the three
-# workbooks back and checks every cell against the source points.
+# workbooks back and checks every cell against the source points. Last, it
+# shows what the Excel preset (preset=excel) becomes with English and German
+# import settings (the automated check of that is the engine's integration
+# test the_excel_preset_opens_in_libreoffice_in_english_and_german).
 #
 # Needs: curl, LibreOffice Calc (Debian: apt-get install -y libreoffice-calc-nogui),
 # Python 3 with openpyxl (pip install openpyxl). Builds and runs `engine` from
@@ -67,6 +70,19 @@ lo --infilter="CSV:59,34,76,1" --convert-to xlsx --outdir "$work/out" "$work/exc
 cp "$work/native.xlsx" "$work/out/native-roundtrip-src.xlsx"
 lo --convert-to csv --outdir "$work/out" "$work/out/native-roundtrip-src.xlsx"
 ls "$work/out"
+
+# The Excel preset, with the locale's separator and decimal mark, imported
+# as a spreadsheet user would (special numbers such as dates detected).
+curl -sSf -o "$work/preset-en.csv" "$base&preset=excel&time_zone=Europe/Berlin"
+curl -sSf -o "$work/preset-de.csv" "$base&preset=excel&delimiter=;&decimal=,&time_zone=Europe/Berlin"
+lo --infilter="CSV:44,34,76,1,,1033,false,true,false,false,false,-1,true" --convert-to xlsx --outdir "$work/out" "$work/preset-en.csv"
+lo --infilter="CSV:59,34,76,1,,1031,false,true,false,false,false,-1,true" --convert-to xlsx --outdir "$work/out" "$work/preset-de.csv"
+for lang in en de; do
+  echo "== preset=excel, $lang import settings: cells as LibreOffice typed them"
+  python3 -c 'import openpyxl, sys
+for row in openpyxl.load_workbook(sys.argv[1]).active.iter_rows():
+    print("  ", [(c.value, c.data_type) for c in row])' "$work/out/preset-$lang.xlsx"
+done
 
 python3 - "$work" <<'PY'
 import math, struct, sys, zipfile

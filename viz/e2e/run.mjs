@@ -25,6 +25,8 @@ const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const FIRST_CHART_BUDGET_MS = Number(process.env.FIRST_CHART_BUDGET_MS ?? 1000);
 const BUNDLE_BUDGET_KB = 300;
 const ZONE = 'Europe/Berlin';
+// The test virtualenv's Python (pyarrow), made by scripts/python-test-env.
+const PYTHON = process.env.E2E_PYTHON ?? resolve(VIZ, '..', '.venv-test', 'bin', 'python');
 
 // ---------------------------------------------------------------- test data
 
@@ -33,6 +35,14 @@ const SMALL = 'Kessel Ü1/Temperatur'; // slash, space, non-ASCII: must be encod
 const BIG = 'plant/big'; // past Excel's 1,048,576 rows, for the 1M-point timing
 const BIG_N = 1_100_000;
 const LIVE = 'live/feed';
+// Two more sensors for the multi-sensor checks, on other scales.
+const PRESSURE = 'line-1/pressure';
+const FLOW = 'line-1/flow';
+const PRESSURE_POINTS = SMALL_POINTS_OF((i) => [T0 + i * 2000 + 500, Math.round((1000 + 50 * Math.cos(i / 50)) * 100) / 100, 192], 1800);
+const FLOW_POINTS = SMALL_POINTS_OF((i) => [T0 + i * 1000, Math.round(Math.sin(i / 100) * 1e4) / 1e4, i % 50 === 0 ? 0 : 192], 3600);
+function SMALL_POINTS_OF(f, n) {
+  return Array.from({ length: n }, (_, i) => f(i));
+}
 
 /** Deterministic points: 1 s apart, some uncertain and bad, one spike. */
 function smallPoints() {
@@ -212,6 +222,8 @@ async function main() {
     await run(ENGINE_BIN, ['import', '--data-dir', dataDir, '--sensor', SMALL], csvOf(SMALL_POINTS));
     await run(ENGINE_BIN, ['import', '--data-dir', dataDir, '--sensor', BIG], bigCsv());
     await run(ENGINE_BIN, ['import', '--data-dir', dataDir, '--sensor', LIVE], csvOf([[Date.now() - 60_000, 1, 192]]));
+    await run(ENGINE_BIN, ['import', '--data-dir', dataDir, '--sensor', PRESSURE], csvOf(PRESSURE_POINTS));
+    await run(ENGINE_BIN, ['import', '--data-dir', dataDir, '--sensor', FLOW], csvOf(FLOW_POINTS));
     console.log(`imported ${SMALL_POINTS.length + BIG_N + 1} points in ${Date.now() - t} ms`);
     engine = await startEngine(dataDir);
     console.log(`engine at ${engine.base}`);
@@ -420,6 +432,70 @@ async function main() {
       eq(seriesCalls, callsBefore, 'no refetch of the range');
       await live.screenshot({ path: join(OUT, 'live.png') });
       await live.close();
+    });
+
+    await test('three sensors: picked, drawn with their own axes, kept in the URL; Parquet from "Export..." reads back in pyarrow', async () => {
+      await page.goto(link(SMALL, from, to));
+      await waitForChart(page);
+      for (const id of [PRESSURE, FLOW]) {
+        const add = page.getByRole('combobox', { name: 'Compare with' });
+        await add.click();
+        await add.fill(id);
+        await page.getByRole('option', { name: new RegExp(id.replace('/', '\\/')) }).click();
+        await page.getByRole('listitem').filter({ hasText: id }).waitFor();
+      }
+      const u = new URL(page.url());
+      eq(JSON.stringify(u.searchParams.getAll('sensor')), JSON.stringify([SMALL, PRESSURE, FLOW]), 'sensors in the URL');
+      // Each sensor has a legend entry (uPlot's legend toggles a line on click).
+      await page.waitForFunction(() => document.querySelectorAll('.u-legend .u-series').length >= 6);
+      const legend = await page.locator('.u-legend').textContent();
+      assert(legend.includes(PRESSURE) && legend.includes(FLOW), `legend names the sensors: ${legend}`);
+      const axes = await page.locator('.u-axis').count();
+      assert(axes >= 4, `x, main y and own y axes for pressure and flow: ${axes}`);
+      await page.locator('.u-legend .u-series').filter({ hasText: FLOW }).click();
+      assert(await page.locator('.u-legend .u-series.u-off').filter({ hasText: FLOW }).count() === 1, 'legend click hides flow');
+      await page.locator('.u-legend .u-series').filter({ hasText: FLOW }).click();
+      await page.screenshot({ path: join(OUT, 'three-sensors.png') });
+
+      await page.getByRole('button', { name: 'Export…' }).click();
+      const dialog = page.getByRole('dialog', { name: 'Export' });
+      await dialog.waitFor();
+      await dialog.getByLabel('Format').selectOption('parquet');
+      await dialog.getByRole('radio', { name: /Wide/ }).check();
+      const want = [SMALL_POINTS, PRESSURE_POINTS, FLOW_POINTS].map((pts) => pts.filter(([t]) => t >= from && t < to));
+      const distinct = new Set(want.flat().map(([t]) => t)).size;
+      const total = want.reduce((n, p) => n + p.length, 0);
+      await page.waitForFunction((n) => document.querySelector('[data-testid="export-rows"]')?.textContent === n, total.toLocaleString('en-US'));
+      const shareLink = await dialog.getByLabel('Link').inputValue();
+      assert(shareLink.includes('format=parquet') && shareLink.includes('layout=wide'), `link: ${shareLink}`);
+      await page.screenshot({ path: join(OUT, 'export-dialog.png') });
+      const [dl] = await Promise.all([page.waitForEvent('download', { timeout: 15_000 }), dialog.getByRole('button', { name: 'Download' }).click()]);
+      assert(dl.suggestedFilename().endsWith('.parquet'), `file name ${dl.suggestedFilename()}`);
+      const file = await dl.path();
+      const read = JSON.parse(
+        await run(PYTHON, ['-c', [
+          'import json, sys, pyarrow.parquet as pq',
+          't = pq.read_table(sys.argv[1])',
+          'cols = [t.column(0).cast("int64").to_pylist()] + [c.to_pylist() for c in t.columns[1:]]',
+          'print(json.dumps({"columns": t.column_names, "types": [str(f.type) for f in t.schema], "rows": [list(r) for r in zip(*cols)]}))',
+        ].join('\n'), file]),
+      );
+      eq(JSON.stringify(read.columns), JSON.stringify(['timestamp_ms', SMALL, `${SMALL} quality`, PRESSURE, `${PRESSURE} quality`, FLOW, `${FLOW} quality`]), 'Parquet columns');
+      eq(read.types[0], 'timestamp[ms, tz=UTC]', 'timestamp type');
+      eq(read.rows.length, distinct, 'a row per distinct timestamp');
+      const bySensor = want.map((pts) => new Map(pts.map(([t, v, q]) => [t, [v, q]])));
+      for (const row of read.rows) {
+        bySensor.forEach((m, s) => {
+          const cell = m.get(row[0]) ?? [null, null];
+          if (row[1 + 2 * s] !== cell[0] || row[2 + 2 * s] !== cell[1]) {
+            throw new Error(`t=${row[0]} sensor ${s}: got ${row[1 + 2 * s]}/${row[2 + 2 * s]}, want ${cell.join('/')}`);
+          }
+        });
+      }
+      // The one-click export still takes the shown sensors' raw points.
+      const { text } = await download(page, () => page.getByRole('button', { name: 'Export CSV' }).click());
+      eq(text.split('\n')[0], 'sensor_id,timestamp_ms,value,quality', 'one-click CSV of three sensors is long');
+      eq(text.split('\n').filter((l) => l !== '').length - 1, total, 'one-click CSV rows');
     });
 
     await test('no errors in the browser console', async () => {

@@ -19,5 +19,6 @@ if [ -n "${ENGINE_BIN:-}" ]; then
   if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
-  npm run e2e
+  # pyarrow reads the Parquet the dialog downloads.
+  E2E_PYTHON="$(../scripts/python-test-env)" npm run e2e
 fi

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 
-use crate::csv_format::{CsvEncoder, read_points};
-use crate::model::{SensorId, TimeRange, parse_duration, parse_timestamp};
+use crate::csv_format::read_points;
+use crate::export::{self, ExportError, ExportOptions, ExportRequest};
+use crate::model::{SensorId, parse_duration, parse_timestamp};
 use crate::retention::RetentionRule;
 use crate::server::{self, ServeConfig};
 use crate::storage::embedded::EmbeddedStore;
@@ -32,6 +33,99 @@ struct DataDir {
     /// can use it at a time.
     #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+}
+
+/// `engine export`'s flags: the HTTP export's parameters by other names.
+#[derive(Debug, clap::Args)]
+struct ExportArgs {
+    /// A sensor to export; repeat for several (up to 1,000).
+    #[arg(long = "sensor", required = true)]
+    sensors: Vec<String>,
+    /// First timestamp included: epoch milliseconds or RFC 3339. Default:
+    /// the earliest point of the sensors.
+    #[arg(long, value_parser = parse_timestamp)]
+    start: Option<i64>,
+    /// First timestamp excluded. Default: just after the latest point.
+    #[arg(long, value_parser = parse_timestamp)]
+    end: Option<i64>,
+    /// `long` or `wide` (several sensors; default long).
+    #[arg(long)]
+    layout: Option<String>,
+    /// `previous`: wide cells without a point take the sensor's previous value.
+    #[arg(long)]
+    fill: Option<String>,
+    /// Bucket length: milliseconds, or `30s`, `15m`, `1h`, `1d`.
+    #[arg(long)]
+    interval: Option<String>,
+    /// Aggregates per bucket, a comma list: first,last,min,max,mean,count,
+    /// time_weighted_mean,interpolated,percent_good.
+    #[arg(long)]
+    aggregate: Option<String>,
+    /// Count points of every quality into the aggregates, not only good ones.
+    #[arg(long)]
+    include_bad: bool,
+    /// IANA time zone: a `time_local` column, and local-time buckets.
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// `csv` (default), `xlsx`, `parquet`, `arrow` or `jsonl`.
+    #[arg(long)]
+    format: Option<String>,
+    /// CSV: write a UTF-8 byte order mark first.
+    #[arg(long)]
+    bom: bool,
+    /// CSV: the field delimiter, `,` `;` or `tab`.
+    #[arg(long)]
+    delimiter: Option<String>,
+    /// CSV: the decimal mark, `.` or `,`.
+    #[arg(long)]
+    decimal: Option<String>,
+    /// CSV: `excel`, for spreadsheets (see the README).
+    #[arg(long)]
+    preset: Option<String>,
+    /// The export time the XLSX information sheet names (default: now).
+    #[arg(long)]
+    exported_at: Option<String>,
+    /// Write to FILE (complete files only: written beside it, then renamed)
+    /// instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+impl ExportArgs {
+    /// The HTTP export's query parameters for these flags.
+    fn pairs(&self, start: i64, end: i64) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = self
+            .sensors
+            .iter()
+            .map(|s| ("sensor_id".to_owned(), s.clone()))
+            .collect();
+        pairs.push(("start_ts".into(), start.to_string()));
+        pairs.push(("end_ts".into(), end.to_string()));
+        let optional = [
+            ("layout", &self.layout),
+            ("fill", &self.fill),
+            ("interval", &self.interval),
+            ("aggregate", &self.aggregate),
+            ("time_zone", &self.time_zone),
+            ("format", &self.format),
+            ("delimiter", &self.delimiter),
+            ("decimal", &self.decimal),
+            ("preset", &self.preset),
+            ("exported_at", &self.exported_at),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                pairs.push((name.to_owned(), value.clone()));
+            }
+        }
+        if self.include_bad {
+            pairs.push(("include_bad".into(), "true".into()));
+        }
+        if self.bom {
+            pairs.push(("bom".into(), "true".into()));
+        }
+        pairs
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,20 +179,14 @@ enum Command {
         /// The CSV file; standard input when absent or `-`.
         file: Option<PathBuf>,
     },
-    /// Write one sensor's points as CSV to standard output, exactly as the
-    /// HTTP export serves them.
+    /// Export sensors' points, raw or as interval aggregates, to standard
+    /// output or a file: byte-identical to the HTTP export
+    /// (`GET /api/v1/export`) with the same parameters.
     Export {
         #[command(flatten)]
         data_dir: DataDir,
-        /// The sensor to export.
-        #[arg(long)]
-        sensor: SensorId,
-        /// First timestamp included: epoch milliseconds or RFC 3339.
-        #[arg(long, value_parser = parse_timestamp)]
-        start: Option<i64>,
-        /// First timestamp excluded: epoch milliseconds or RFC 3339.
-        #[arg(long, value_parser = parse_timestamp)]
-        end: Option<i64>,
+        #[command(flatten)]
+        export: Box<ExportArgs>,
     },
     /// List sensors with point count and first/last timestamp (tab-separated).
     Sensors {
@@ -146,6 +234,84 @@ enum CliError {
     Serve(#[from] server::ServeError),
     #[error("writing output: {0}")]
     Output(io::Error),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+}
+
+/// `engine export`: the same request and the same bytes as the HTTP export.
+async fn run_export(storage: &SharedStorage, args: &ExportArgs) -> Result<(), CliError> {
+    // Without a range, the sensors' whole span.
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    if args.start.is_none() || args.end.is_none() {
+        for raw in &args.sensors {
+            if let Ok(id) = SensorId::new(raw)
+                && let Some(info) = storage.sensor(&id).await?
+            {
+                first = first.min(info.first_timestamp_ms);
+                last = last.max(info.last_timestamp_ms);
+            }
+        }
+    }
+    let (first, end_default) = if first > last {
+        (0, 0)
+    } else {
+        (first, last + 1)
+    };
+    let start = args.start.unwrap_or(first.min(args.end.unwrap_or(first)));
+    let end = args.end.unwrap_or(end_default.max(start));
+    if start > end {
+        return Err(CliError::Usage("--start is after --end".into()));
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    let request = ExportRequest::from_pairs(&args.pairs(start, end), now)?;
+    let mut body = export::open(storage, request, ExportOptions::default())
+        .await?
+        .body;
+    let (mut out, partial): (Box<dyn Write>, Option<PathBuf>) = match &args.output {
+        Some(path) => {
+            let partial = path.with_extension(match path.extension() {
+                Some(ext) => format!("{}.partial", ext.to_string_lossy()),
+                None => "partial".to_owned(),
+            });
+            let file = std::fs::File::create(&partial).map_err(|source| CliError::File {
+                path: partial.clone(),
+                source,
+            })?;
+            (
+                Box::new(io::BufWriter::with_capacity(256 * 1024, file)),
+                Some(partial),
+            )
+        }
+        None => (
+            Box::new(io::BufWriter::with_capacity(
+                256 * 1024,
+                io::stdout().lock(),
+            )),
+            None,
+        ),
+    };
+    let written: Result<(), CliError> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| CliError::Usage(format!("export failed: {e}")))?;
+            out.write_all(&chunk).map_err(CliError::Output)?;
+        }
+        out.flush().map_err(CliError::Output)
+    }
+    .await;
+    drop(out);
+    match (written, partial, &args.output) {
+        (Ok(()), Some(partial), Some(path)) => {
+            std::fs::rename(&partial, path).map_err(|source| CliError::File {
+                path: path.clone(),
+                source,
+            })
+        }
+        (Err(e), Some(partial), _) => {
+            let _ = std::fs::remove_file(partial);
+            Err(e)
+        }
+        (result, _, _) => result,
+    }
 }
 
 /// Parses the command line and runs the command; the process exit code.
@@ -235,31 +401,12 @@ async fn execute(command: Command) -> Result<(), CliError> {
             eprintln!("imported {} points into {sensor}", summary.points);
             Ok(())
         }
-        Command::Export {
-            data_dir,
-            sensor,
-            start,
-            end,
-        } => {
-            let range = TimeRange::new(start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX))
-                .ok_or_else(|| CliError::Usage("--start is after --end".into()))?;
+        Command::Export { data_dir, export } => {
             let store = open_store(&data_dir.data_dir).await?;
-            if store.sensor(&sensor).await?.is_none() {
-                return Err(CliError::Usage(format!("sensor {sensor:?} not found")));
-            }
-            let encoder = CsvEncoder::default();
-            let mut out = io::BufWriter::with_capacity(256 * 1024, io::stdout().lock());
-            let mut buffer = Vec::with_capacity(256 * 1024);
-            encoder.write_header(&mut buffer);
-            let mut scan = store.scan(&sensor, range);
-            while let Some(batch) = scan.next().await {
-                encoder.write_batch(&batch?, &mut buffer);
-                out.write_all(&buffer).map_err(CliError::Output)?;
-                buffer.clear();
-            }
-            out.write_all(&buffer).map_err(CliError::Output)?;
-            out.flush().map_err(CliError::Output)?;
-            Ok(())
+            let storage: SharedStorage = store.clone();
+            let result = run_export(&storage, &export).await;
+            store.close().await?;
+            result
         }
         Command::Backup { data_dir, output } => {
             let store = open_store(&data_dir.data_dir).await?;

@@ -48,6 +48,12 @@ pub struct CsvOptions {
     /// Adds a `time_local` column: ISO 8601 local time with its UTC offset in
     /// this zone. The offset makes times at DST changes unambiguous.
     pub time_zone: Option<TimeZone>,
+    /// The Excel preset: text that Excel would take for a formula (a cell
+    /// starting with `=`, `+`, `-`, `@`, tab or CR, so also `-inf`) gets a
+    /// leading `'` (OWASP's CSV-injection rule), and `time_local` is a
+    /// date-time Excel recognises (`2026-10-25 02:30:00.000`) with the
+    /// offset in a `utc_offset` column of its own (`UTC+02:00`).
+    pub excel: bool,
 }
 
 impl Default for CsvOptions {
@@ -57,6 +63,7 @@ impl Default for CsvOptions {
             decimal_comma: false,
             bom: false,
             time_zone: None,
+            excel: false,
         }
     }
 }
@@ -121,12 +128,79 @@ impl CsvEncoder {
 }
 
 /// ISO 8601 local time with offset and milliseconds: `2026-03-29T03:00:00.000+02:00`.
-fn write_local_time(timestamp_ms: i64, zone: &TimeZone, out: &mut Vec<u8>) {
+pub fn write_local_time(timestamp_ms: i64, zone: &TimeZone, out: &mut Vec<u8>) {
     use std::io::Write;
     // Stored timestamps are always in jiff's range (see model::check_timestamp).
     if let Ok(ts) = jiff::Timestamp::from_millisecond(timestamp_ms) {
         let zoned = ts.to_zoned_datetime(zone.clone());
         let _ = write!(out, "{}", zoned.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z"));
+    }
+}
+
+/// A value: ryu's shortest round-trip decimal, `NaN`, `inf`, `-inf`; with
+/// the Excel preset `-inf` becomes `'-inf` (text, not a formula).
+pub fn write_float(value: f64, options: &CsvOptions, floats: &mut ryu::Buffer, out: &mut Vec<u8>) {
+    if options.excel && value == f64::NEG_INFINITY {
+        out.extend_from_slice(b"'-inf");
+        return;
+    }
+    let text = floats.format(value).as_bytes();
+    if options.decimal_comma {
+        out.extend(text.iter().map(|&b| if b == b'.' { b',' } else { b }));
+    } else {
+        out.extend_from_slice(text);
+    }
+}
+
+/// A text field: quoted when it holds the delimiter, a quote or a line
+/// break; with the Excel preset, `'` first when it could start a formula.
+pub fn text_field(text: &str, options: &CsvOptions) -> Vec<u8> {
+    let formula = options.excel && text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = text
+        .bytes()
+        .any(|b| b == options.delimiter || b == b'"' || b == b'\n' || b == b'\r');
+    let mut out = Vec::with_capacity(text.len() + 3);
+    if quote {
+        out.push(b'"');
+    }
+    if formula {
+        out.push(b'\'');
+    }
+    for b in text.bytes() {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    if quote {
+        out.push(b'"');
+    }
+    out
+}
+
+/// The Excel preset's local time: `2026-10-25 02:30:00.000` with the
+/// CSV's decimal mark before the milliseconds (`02:30:00,000` with
+/// `decimal=,`: spreadsheets read the fraction with the locale's mark, and
+/// take the text for a date-time only then), the delimiter, and the offset
+/// as text: `UTC+02:00`.
+pub fn write_excel_local_time(
+    timestamp_ms: i64,
+    zone: &TimeZone,
+    options: &CsvOptions,
+    out: &mut Vec<u8>,
+) {
+    use std::io::Write;
+    if let Ok(ts) = jiff::Timestamp::from_millisecond(timestamp_ms) {
+        let zoned = ts.to_zoned_datetime(zone.clone());
+        let mark = if options.decimal_comma { ',' } else { '.' };
+        let _ = write!(
+            out,
+            "{}{mark}{:03}",
+            zoned.strftime("%Y-%m-%d %H:%M:%S"),
+            timestamp_ms.rem_euclid(1000)
+        );
+        out.push(options.delimiter);
+        let _ = write!(out, "{}", zoned.strftime("UTC%:z"));
     }
 }
 
@@ -367,6 +441,7 @@ mod tests {
             decimal_comma: true,
             bom: true,
             time_zone: Some(TimeZone::get("Europe/Berlin").unwrap()),
+            excel: false,
         };
         // Berlin springs forward at 2026-03-29T01:00Z: 01:59:59.999+01:00, then 03:00+02:00.
         let text = encode(

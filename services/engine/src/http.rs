@@ -2,20 +2,23 @@
 //!
 //! # Layout
 //!
-//! - [`router`]: every route; tests call it with `.oneshot()`.
-//! - [`serve`]: the accept loop on a bound listener, with a header-read
-//!   timeout (slowloris) and graceful shutdown with a deadline.
-//! - [`error::ApiError`]: the one error type, mapped to status + JSON once.
-//! - [`crate::export`]: `GET /api/v1/export` (CSV and XLSX downloads).
-//! - [`crate::series`]: `GET /api/v1/series` (M4-downsampled chart data).
-//! - `sensors`, `import`, `openapi`: the small endpoints.
+//! Three layers, every import pointing down:
+//!
+//! 1. This file: [`router`] (every route; tests call it with `.oneshot()`)
+//!    and [`serve`] (the accept loop, with a header-read timeout against
+//!    slowloris and graceful shutdown with a deadline).
+//! 2. The handlers: `export` (`GET /api/v1/export` and its `/summary`, over
+//!    [`crate::export`]), `series` (M4 chart data), `sensors`, `import`,
+//!    `health`, `openapi`.
+//! 3. What every handler shares: [`state`] ([`AppState`], [`HttpConfig`]),
+//!    [`error::ApiError`] (the one error type, mapped to status + JSON once)
+//!    and `params` (checked query parameters). None of these imports a
+//!    handler or the router.
 //!
 //! Handlers see the store only as [`SharedStorage`], never a concrete type.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,7 +28,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
@@ -37,101 +39,53 @@ use crate::storage::SharedStorage;
 
 mod admin;
 pub mod error;
+mod export;
 mod health;
 pub mod import;
 mod openapi;
 pub(crate) mod params;
 mod sensors;
+mod series;
+pub mod state;
 
 pub use error::ApiError;
+pub use state::{AppState, HttpConfig};
 
 /// The default HTTP address: all interfaces, port 8080 (gRPC keeps 50051).
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 
-/// How the HTTP server behaves. [`HttpConfig::default`] is what `engine serve`
-/// uses unless told otherwise.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// The built dashboard (`viz/dist`), served with an SPA fallback to
-    /// `index.html` after the API routes. `None` serves the API alone.
-    pub web_dir: Option<PathBuf>,
-    /// Exports running at once; one more is answered 429 at once. Each export
-    /// holds its permit until its body ends, not just until the headers leave.
-    pub max_concurrent_exports: usize,
-    /// XLSX data rows per sheet before continuing on the next sheet (Excel's
-    /// limit is 1,048,576 rows including the header). Lowered in tests.
-    pub xlsx_rows_per_sheet: u32,
-    /// Time a client gets to send a request's headers; a slow or silent client
-    /// (slowloris) is cut off after it. axum's `serve` sets none.
-    pub header_read_timeout: Duration,
-    /// After a shutdown signal, how long running requests (exports) may take
-    /// to finish before their connections are dropped.
-    pub shutdown_grace: Duration,
-    /// Largest CSV body `POST /api/v1/import` takes; a larger one is
-    /// answered 413 and nothing of it is stored.
-    pub import_max_bytes: u64,
-    /// How long an import's body may stall (no bytes arriving) before the
-    /// import is abandoned with 408 and nothing of it stored.
-    pub import_idle_timeout: Duration,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            web_dir: Some(PathBuf::from("viz/dist")),
-            max_concurrent_exports: 64,
-            xlsx_rows_per_sheet: crate::export::xlsx::EXCEL_MAX_DATA_ROWS,
-            header_read_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(30),
-            import_max_bytes: 16 << 30,
-            import_idle_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// What every handler gets: the store behind its trait, and the export limit.
-#[derive(Clone)]
-pub struct AppState {
-    pub storage: SharedStorage,
-    /// One permit per running export, moved into the response body so it is
-    /// released only when the download ends (or the client leaves).
-    pub export_permits: Arc<Semaphore>,
-    pub xlsx_rows_per_sheet: u32,
-    pub import_limits: import::ImportLimits,
-}
-
-impl AppState {
-    pub fn new(storage: SharedStorage, config: &HttpConfig) -> Self {
-        Self {
-            storage,
-            export_permits: Arc::new(Semaphore::new(config.max_concurrent_exports)),
-            xlsx_rows_per_sheet: config.xlsx_rows_per_sheet.max(1),
-            import_limits: import::ImportLimits {
-                max_bytes: config.import_max_bytes,
-                idle_timeout: config.import_idle_timeout,
-            },
-        }
-    }
-}
-
 /// Every route: `/healthz`, `/readyz`, the API under `/api/v1`, then the
 /// dashboard.
 pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
-    // Compression (gzip, zstd) at the fastest level: CSV shrinks about 3x for
-    // little CPU. Not for XLSX, which is a zip already.
+    // Compression (gzip, zstd) at the fastest level for the JSON answers.
+    // Not for exports: they compress inside their parallel encoders (and
+    // set Content-Encoding, which this layer leaves alone), or are
+    // compressed already (XLSX, Parquet).
+    let not_exports = NotForContentType::const_new(crate::export::CSV_CONTENT_TYPE)
+        .and(NotForContentType::const_new(
+            crate::export::XLSX_CONTENT_TYPE,
+        ))
+        .and(NotForContentType::const_new(
+            crate::export::PARQUET_CONTENT_TYPE,
+        ))
+        .and(NotForContentType::const_new(
+            crate::export::ARROW_CONTENT_TYPE,
+        ))
+        .and(NotForContentType::const_new(
+            crate::export::JSONL_CONTENT_TYPE,
+        ));
     let compress = CompressionLayer::new()
         .quality(CompressionLevel::Fastest)
         .compress_when(
             DefaultPredicate::new()
-                .and(NotForContentType::const_new(
-                    crate::export::XLSX_CONTENT_TYPE,
-                ))
+                .and(not_exports)
                 .and(NotForContentType::const_new(admin::BACKUP_CONTENT_TYPE)),
         );
     let api = Router::new()
-        .route("/export", get(crate::export::export))
+        .route("/export", get(export::export))
+        .route("/export/summary", get(export::summary))
         .route("/import", post(import::import))
-        .route("/series", get(crate::series::series))
+        .route("/series", get(series::series))
         .route("/sensors", get(sensors::list))
         .route("/sensors/{id}", get(sensors::get))
         .route("/openapi.json", get(openapi::openapi))

@@ -7,8 +7,12 @@
 //! - [`storage`]: the [`storage::StorageEngine`] trait every transport depends
 //!   on, and [`storage::embedded`], the default persistent store.
 //! - [`csv_format`]: the export CSV format, written (export) and read (import).
-//! - [`http`]: the HTTP API (router, errors, server); [`export`] (CSV and
-//!   XLSX downloads) and [`series`] (M4 chart data) are its biggest routes.
+//! - [`export`]: exports for analysts: one or many sensors, raw or interval
+//!   aggregates, long or wide, as CSV, XLSX, Parquet, Arrow or JSON Lines,
+//!   streamed; shared by the HTTP API and `engine export`.
+//! - [`http`]: the HTTP API: router and server above the handlers (export,
+//!   series, sensors, import), which sit above what they share (state,
+//!   errors, parameters).
 //! - [`live`]: the live view: a store wrapper that publishes every written
 //!   point to followers (gRPC `Subscribe`, the SSE endpoint).
 //! - [`grpc`]: the gRPC API `sensor.v1.SensorEngine` (tonic), with health and
@@ -29,6 +33,5 @@ pub mod ingest;
 pub mod live;
 pub mod model;
 pub mod retention;
-pub mod series;
 pub mod server;
 pub mod storage;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use crate::model::{PointBatch, Sample, SensorId, TimeRange};
+use crate::model::{Point, PointBatch, Sample, SensorId, TimeRange};
 
 /// A stream of bytes a store produces (a backup), for an HTTP body or a file.
 pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, StorageError>>;
@@ -197,6 +197,50 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// writes go on meanwhile.
     fn backup(&self) -> Result<ByteStream, StorageError> {
         Err(StorageError::Unsupported("online backup".into()))
+    }
+
+    /// The last point of `sensor_id` before `before_ms` whose quality is at
+    /// least `min_quality` (0: any), however far back; `None` when there is
+    /// none. Exports need it for the value held into a range (`fill=previous`,
+    /// time-weighted means, interpolation across the range start).
+    ///
+    /// The default scans backwards in windows that grow fourfold from an
+    /// hour, so a recent point costs one small scan; a store that can read
+    /// its blocks backwards should override it.
+    async fn last_point_before(
+        &self,
+        sensor_id: &SensorId,
+        before_ms: i64,
+        min_quality: u8,
+    ) -> Result<Option<Point>, StorageError> {
+        let Some(info) = self.sensor(sensor_id).await? else {
+            return Ok(None);
+        };
+        let mut end = before_ms.min(info.last_timestamp_ms.saturating_add(1));
+        let mut width: i64 = 3_600_000;
+        while end > info.first_timestamp_ms {
+            let start = end.saturating_sub(width).max(info.first_timestamp_ms);
+            let mut found = None;
+            let mut scan = self.scan(
+                sensor_id,
+                TimeRange {
+                    start_ms: start,
+                    end_ms: end,
+                },
+            );
+            while let Some(batch) = scan.next().await {
+                let batch = batch?;
+                if let Some(i) = batch.qualities.iter().rposition(|&q| q >= min_quality) {
+                    found = Some(batch.point(i));
+                }
+            }
+            if found.is_some() {
+                return Ok(found);
+            }
+            end = start;
+            width = width.saturating_mul(4);
+        }
+        Ok(None)
     }
 
     /// How the store is doing right now; cheap (no I/O), so probes may call

@@ -1,96 +1,97 @@
-//! XLSX export, streamed: a real workbook whose bytes leave as the scan runs,
-//! numbers as numbers, continued on a next sheet past Excel's 1,048,576 rows.
+//! XLSX export, streamed: a real workbook whose bytes leave as the export
+//! runs, numbers as numbers, continued on a next sheet past Excel's 1,048,576
+//! rows, and an `Info` sheet last that names the sensors, range, time zone,
+//! query and export time.
 //!
 //! An XLSX file is a zip of XML parts. The sheets are written first, row by
 //! row, each deflated (level 1) straight into the body; the zip's data
 //! descriptors carry each part's CRC and sizes after its data, so nothing is
 //! ever seeked back to or held whole. The small parts that list the sheets
-//! (`workbook.xml`, relationships, content types) and the zip's central
-//! directory follow at the end, when the number of sheets is known. Memory is
-//! one batch and the deflate window, whatever the range; no temporary files.
+//! (`workbook.xml`, relationships, content types), the `Info` sheet and the
+//! zip's central directory follow at the end, when the number of sheets and
+//! rows is known. Memory is one chunk and the deflate window, whatever the
+//! range; no temporary files.
 //!
-//! Cells: `timestamp_ms`, `value` and `quality` are numbers (`value` exact:
-//! the shortest decimal that reads back to the same f64); NaN and infinities,
-//! which Excel cannot hold, are the text `NaN`, `inf`, `-inf` as in the CSV.
-//! With `time_zone`, a `time_local` text column as in the CSV.
+//! Cells: timestamps, values, qualities and aggregates are numbers (values
+//! exact: the shortest decimal that reads back to the same f64); NaN and
+//! infinities, which Excel cannot hold, are the text `NaN`, `inf`, `-inf`.
+//! Text cells (sensor ids, headers) are inline strings, which Excel never
+//! evaluates as formulas. With `time_zone`, `time_local` is a real date-time
+//! (a serial number styled `yyyy-mm-dd hh:mm:ss.000`, sortable and
+//! chartable) and `utc_offset` its offset as text (`UTC+02:00`), which keeps
+//! the hour repeated at the end of summer time apart.
 //!
 //! The encoding runs on a blocking thread (deflate is CPU work) that pulls
-//! batches from the scan; a dropped body (the client left) stops it at the
+//! chunks from the export; a dropped body (the client left) stops it at the
 //! next chunk.
 
 use std::io::Write;
 
-use axum::body::{Body, Bytes};
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use jiff::tz::TimeZone;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::ExportRequest;
-use crate::model::PointBatch;
-use crate::storage::{PointStream, SharedStorage, StorageError};
+use super::request::ExportRequest;
+use super::sink::ChannelWriter;
+use super::table::{Cells, Chunk, Schema};
+use crate::storage::StorageError;
 
 /// Excel's rows per sheet, including our header row.
 pub const EXCEL_MAX_ROWS: u32 = 1_048_576;
 /// Data rows per sheet: Excel's limit less the header.
 pub const EXCEL_MAX_DATA_ROWS: u32 = EXCEL_MAX_ROWS - 1;
+/// Excel's columns per sheet.
+pub const EXCEL_MAX_COLUMNS: usize = 16_384;
 
-/// Size of the chunks the zip is cut into for the body.
-const CHUNK_BYTES: usize = 128 * 1024;
+/// Milliseconds from Excel's day 0 (1899-12-30) to 1970-01-01.
+const EXCEL_EPOCH_MS: i64 = 25_569 * 86_400_000;
+const DAY_MS: f64 = 86_400_000.0;
 
-type Chunk = Result<Bytes, std::io::Error>;
-
-/// The XLSX body. `rows_per_sheet` is [`EXCEL_MAX_DATA_ROWS`] outside tests.
-pub fn xlsx_body(
-    storage: &SharedStorage,
+/// Writes the workbook into `sink` on the calling (blocking) thread.
+/// `rows_per_sheet` is [`EXCEL_MAX_DATA_ROWS`] outside tests.
+pub fn write_xlsx(
+    runtime: &tokio::runtime::Handle,
+    chunks: BoxStream<'static, Result<Chunk, StorageError>>,
+    schema: &Schema,
     request: &ExportRequest,
     rows_per_sheet: u32,
-    permit: OwnedSemaphorePermit,
-) -> Body {
-    let scan = storage.scan(&request.sensor_id, request.range);
-    let time_zone = request.csv.time_zone.clone();
-    let (tx, rx) = mpsc::channel::<Chunk>(4);
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let sink = ChannelWriter {
-            tx: &tx,
-            buffer: Vec::with_capacity(CHUNK_BYTES),
-        };
-        let result = write_workbook(&runtime, scan, time_zone, rows_per_sheet.max(1), sink);
-        if let Err(error) = result {
-            if tx.is_closed() {
-                tracing::debug!("XLSX export stopped: the client left");
-            } else {
-                tracing::error!(%error, "XLSX export failed; aborting the download");
-                let _ = tx.blocking_send(Err(error));
-            }
-        }
-    });
-    Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    }))
+    mut sink: ChannelWriter,
+) {
+    let result = write_workbook(
+        runtime,
+        chunks,
+        schema,
+        request,
+        rows_per_sheet.max(1),
+        &mut sink,
+    );
+    if let Err(error) = result.and_then(|()| sink.finish()) {
+        sink.fail(error);
+    }
 }
 
 fn write_workbook<W: Write>(
     runtime: &tokio::runtime::Handle,
-    mut scan: PointStream,
-    time_zone: Option<TimeZone>,
+    mut chunks: BoxStream<'static, Result<Chunk, StorageError>>,
+    schema: &Schema,
+    request: &ExportRequest,
     rows_per_sheet: u32,
     out: W,
 ) -> std::io::Result<()> {
     let mut zip = ZipStream::new(out);
-    let mut sheet = SheetWriter::new(time_zone);
+    let mut sheet = SheetWriter::new(schema, request.csv.time_zone.clone());
     let mut sheets = 1u32;
     let mut rows_in_sheet = 0u32;
+    let mut total_rows = 0u64;
     let mut xml = Vec::with_capacity(512 * 1024);
     zip.begin(&sheet_part(sheets))?;
     sheet.start(&mut xml);
-    while let Some(batch) = runtime.block_on(scan.next()) {
-        let batch: PointBatch = batch.map_err(storage_error)?;
+    while let Some(chunk) = runtime.block_on(chunks.next()) {
+        let chunk = chunk.map_err(std::io::Error::other)?;
         let mut from = 0;
-        while from < batch.len() {
+        while from < chunk.len() {
             if rows_in_sheet == rows_per_sheet {
                 sheet.end(&mut xml);
                 zip.write(&xml)?;
@@ -101,17 +102,21 @@ fn write_workbook<W: Write>(
                 zip.begin(&sheet_part(sheets))?;
                 sheet.start(&mut xml);
             }
-            let take = (batch.len() - from).min((rows_per_sheet - rows_in_sheet) as usize);
-            sheet.rows(&batch, from..from + take, &mut xml);
+            let take = (chunk.len() - from).min((rows_per_sheet - rows_in_sheet) as usize);
+            sheet.rows(&chunk, from..from + take, &mut xml);
             rows_in_sheet += take as u32;
+            total_rows += take as u64;
             from += take;
             zip.write(&xml)?;
             xml.clear();
         }
     }
-    drop(scan);
+    drop(chunks);
     sheet.end(&mut xml);
     zip.write(&xml)?;
+    zip.end()?;
+    zip.begin(&sheet_part(sheets + 1))?;
+    zip.write(info_sheet(request, total_rows).as_bytes())?;
     zip.end()?;
     for (name, content) in package_parts(sheets) {
         zip.begin(&name)?;
@@ -119,10 +124,6 @@ fn write_workbook<W: Write>(
         zip.end()?;
     }
     zip.finish()
-}
-
-fn storage_error(error: StorageError) -> std::io::Error {
-    std::io::Error::other(error)
 }
 
 fn sheet_part(number: u32) -> String {
@@ -134,12 +135,88 @@ const REL_NS: &str = "http://schemas.openxmlformats.org/officeDocument/2006/rela
 const PKG_REL_NS: &str = "http://schemas.openxmlformats.org/package/2006/relationships";
 const XML_DECL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n";
 
-/// The parts besides the sheets, for a workbook of `sheets` sheets.
+/// Escapes text for XML character data and attribute values.
+fn escape_xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn utc_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// The `Info` sheet: what the workbook holds, as label/value rows.
+fn info_sheet(request: &ExportRequest, rows: u64) -> String {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for (i, id) in request.sensors.iter().enumerate() {
+        entries.push((format!("sensor {}", i + 1), id.as_str().to_owned()));
+    }
+    entries.push(("range start (UTC)".into(), utc_text(request.range.start_ms)));
+    entries.push((
+        "range end (UTC, excluded)".into(),
+        utc_text(request.range.end_ms),
+    ));
+    entries.push((
+        "time zone".into(),
+        request
+            .csv
+            .time_zone
+            .as_ref()
+            .and_then(|z| z.iana_name().map(str::to_owned))
+            .unwrap_or_else(|| "UTC (no time_zone)".into()),
+    ));
+    entries.push(("layout".into(), request.layout.name().into()));
+    if let Some(resample) = &request.resample {
+        entries.push(("interval".into(), resample.interval_text.clone()));
+        let names: Vec<&str> = resample.aggregates.iter().map(|a| a.name()).collect();
+        entries.push(("aggregates".into(), names.join(",")));
+        entries.push(("include_bad".into(), resample.include_bad.to_string()));
+    }
+    entries.push(("query".into(), request.canonical_query()));
+    entries.push(("rows".into(), rows.to_string()));
+    entries.push(("exported at (UTC)".into(), utc_text(request.exported_at_ms)));
+    entries.push((
+        "exported by".into(),
+        format!("sensor engine {}", env!("CARGO_PKG_VERSION")),
+    ));
+    let mut xml = format!("{XML_DECL}<worksheet xmlns=\"{MAIN_NS}\"><sheetData>");
+    for (i, (label, value)) in entries.iter().enumerate() {
+        let r = i + 1;
+        xml.push_str(&format!(
+            "<row r=\"{r}\"><c r=\"A{r}\" t=\"inlineStr\"><is><t>{}</t></is></c><c r=\"B{r}\" t=\"inlineStr\"><is><t>{}</t></is></c></row>",
+            escape_xml(label),
+            escape_xml(value)
+        ));
+    }
+    xml.push_str("</sheetData></worksheet>");
+    xml
+}
+
+/// The parts besides the sheets, for a workbook of `sheets` data sheets and
+/// the `Info` sheet after them.
 fn package_parts(sheets: u32) -> Vec<(String, String)> {
-    let numbers = 1..=sheets;
+    let numbers = 1..=sheets + 1;
     let sheet_list: String = numbers
         .clone()
-        .map(|n| format!("<sheet name=\"Sheet{n}\" sheetId=\"{n}\" r:id=\"rId{n}\"/>"))
+        .map(|n| {
+            let name = if n > sheets {
+                "Info".to_owned()
+            } else {
+                format!("Sheet{n}")
+            };
+            format!("<sheet name=\"{name}\" sheetId=\"{n}\" r:id=\"rId{n}\"/>")
+        })
         .collect();
     let sheet_rels: String = numbers
         .clone()
@@ -156,17 +233,19 @@ fn package_parts(sheets: u32) -> Vec<(String, String)> {
             )
         })
         .collect();
-    let styles_id = sheets + 1;
+    let styles_id = sheets + 2;
     vec![
         (
             "xl/styles.xml".into(),
             format!(
                 "{XML_DECL}<styleSheet xmlns=\"{MAIN_NS}\">\
+                 <numFmts count=\"1\"><numFmt numFmtId=\"164\" formatCode=\"yyyy\\-mm\\-dd\\ hh:mm:ss.000\"/></numFmts>\
                  <fonts count=\"1\"><font><sz val=\"11\"/><name val=\"Calibri\"/><family val=\"2\"/></font></fonts>\
                  <fills count=\"2\"><fill><patternFill patternType=\"none\"/></fill><fill><patternFill patternType=\"gray125\"/></fill></fills>\
                  <borders count=\"1\"><border><left/><right/><top/><bottom/><diagonal/></border></borders>\
                  <cellStyleXfs count=\"1\"><xf numFmtId=\"0\" fontId=\"0\" fillId=\"0\" borderId=\"0\"/></cellStyleXfs>\
-                 <cellXfs count=\"1\"><xf numFmtId=\"0\" fontId=\"0\" fillId=\"0\" borderId=\"0\" xfId=\"0\"/></cellXfs>\
+                 <cellXfs count=\"2\"><xf numFmtId=\"0\" fontId=\"0\" fillId=\"0\" borderId=\"0\" xfId=\"0\"/>\
+                 <xf numFmtId=\"164\" fontId=\"0\" fillId=\"0\" borderId=\"0\" xfId=\"0\" applyNumberFormat=\"1\"/></cellXfs>\
                  <cellStyles count=\"1\"><cellStyle name=\"Normal\" xfId=\"0\" builtinId=\"0\"/></cellStyles>\
                  </styleSheet>"
             ),
@@ -205,9 +284,28 @@ fn package_parts(sheets: u32) -> Vec<(String, String)> {
     ]
 }
 
-/// Writes one sheet's XML: a header row, then the points, one row each.
+/// `A`, `B`, ..., `Z`, `AA`, ... for a 0-based column.
+fn column_letters(mut column: usize) -> Vec<u8> {
+    let mut letters = Vec::new();
+    loop {
+        letters.push(b'A' + (column % 26) as u8);
+        if column < 26 {
+            break;
+        }
+        column = column / 26 - 1;
+    }
+    letters.reverse();
+    letters
+}
+
+/// Writes one sheet's XML: a header row, then the rows of chunks.
 struct SheetWriter {
+    headers: Vec<String>,
+    long: bool,
+    /// Each sensor id, escaped for XML once.
+    sensor_texts: Vec<String>,
     time_zone: Option<TimeZone>,
+    letters: Vec<Vec<u8>>,
     /// The next row number (1-based, as in `A1`).
     row: u32,
     ints: itoa::Buffer,
@@ -215,9 +313,23 @@ struct SheetWriter {
 }
 
 impl SheetWriter {
-    fn new(time_zone: Option<TimeZone>) -> Self {
+    fn new(schema: &Schema, time_zone: Option<TimeZone>) -> Self {
+        let mut headers: Vec<String> = schema.names().iter().map(|n| escape_xml(n)).collect();
+        if time_zone.is_some() {
+            headers.push("time_local".into());
+            headers.push("utc_offset".into());
+        }
+        let letters = (0..headers.len()).map(column_letters).collect();
         Self {
+            headers,
+            long: schema.long,
+            sensor_texts: schema
+                .sensors
+                .iter()
+                .map(|s| escape_xml(s.as_str()))
+                .collect(),
             time_zone,
+            letters,
             row: 1,
             ints: itoa::Buffer::new(),
             floats: ryu::Buffer::new(),
@@ -230,12 +342,10 @@ impl SheetWriter {
         out.extend_from_slice(MAIN_NS.as_bytes());
         out.extend_from_slice(b"\"><sheetData><row r=\"1\">");
         self.row = 1;
-        let mut headers = vec!["timestamp_ms", "value", "quality"];
-        if self.time_zone.is_some() {
-            headers.push("time_local");
-        }
-        for (column, header) in headers.into_iter().enumerate() {
-            self.text_cell(column, header, out);
+        for column in 0..self.headers.len() {
+            let header = std::mem::take(&mut self.headers[column]);
+            self.text_cell(column, &header, out);
+            self.headers[column] = header;
         }
         out.extend_from_slice(b"</row>");
         self.row = 2;
@@ -245,52 +355,89 @@ impl SheetWriter {
         out.extend_from_slice(b"</sheetData></worksheet>");
     }
 
-    fn rows(&mut self, batch: &PointBatch, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
-        let mut local = String::new();
+    fn rows(&mut self, chunk: &Chunk, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
         for i in range {
             out.extend_from_slice(b"<row r=\"");
             out.extend_from_slice(self.ints.format(self.row).as_bytes());
             out.extend_from_slice(b"\">");
-            self.number_cell(0, NumberText::Int(batch.timestamps[i]), out);
-            let value = batch.values[i];
-            if value.is_finite() {
-                self.number_cell(1, NumberText::Float(value), out);
-            } else {
-                let text = if value.is_nan() {
-                    "NaN"
-                } else if value > 0.0 {
-                    "inf"
-                } else {
-                    "-inf"
-                };
-                self.text_cell(1, text, out);
+            let mut column = 0;
+            if self.long {
+                let text = std::mem::take(&mut self.sensor_texts[chunk.sensors[i] as usize]);
+                self.text_cell(column, &text, out);
+                self.sensor_texts[chunk.sensors[i] as usize] = text;
+                column += 1;
             }
-            self.number_cell(2, NumberText::Int(i64::from(batch.qualities[i])), out);
-            if let Some(zone) = &self.time_zone {
-                local.clear();
-                if let Ok(ts) = jiff::Timestamp::from_millisecond(batch.timestamps[i]) {
-                    use std::fmt::Write as _;
-                    let zoned = ts.to_zoned_datetime(zone.clone());
-                    let _ = write!(local, "{}", zoned.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z"));
+            self.number_cell(column, NumberText::Int(chunk.timestamps[i]), None, out);
+            column += 1;
+            for cells in &chunk.columns {
+                if cells.is_present(i) {
+                    match &cells.cells {
+                        Cells::Float(values) => self.float_cell(column, values[i], out),
+                        Cells::Quality(values) => {
+                            self.number_cell(
+                                column,
+                                NumberText::Int(i64::from(values[i])),
+                                None,
+                                out,
+                            );
+                        }
+                        Cells::Count(values) => {
+                            self.number_cell(column, NumberText::Int(values[i] as i64), None, out);
+                        }
+                    }
                 }
-                let text = std::mem::take(&mut local);
-                self.text_cell(3, &text, out);
-                local = text;
+                column += 1;
+            }
+            if let Some(zone) = self.time_zone.clone()
+                && let Ok(ts) = jiff::Timestamp::from_millisecond(chunk.timestamps[i])
+            {
+                let offset = zone.to_offset(ts);
+                let local_ms = chunk.timestamps[i] + i64::from(offset.seconds()) * 1000;
+                // One division of an exact integer: correctly rounded.
+                let serial = (local_ms + EXCEL_EPOCH_MS) as f64 / DAY_MS;
+                self.number_cell(column, NumberText::Float(serial), Some(1), out);
+                let text = ts.to_zoned_datetime(zone).strftime("UTC%:z").to_string();
+                self.text_cell(column + 1, &text, out);
             }
             out.extend_from_slice(b"</row>");
             self.row += 1;
         }
     }
 
-    /// `A7`-style reference of `column` (0-based, at most 4 columns) in the current row.
+    /// `A7`-style reference of `column` (0-based) in the current row.
     fn reference(&mut self, column: usize, out: &mut Vec<u8>) {
-        out.push(b'A' + column as u8);
+        out.extend_from_slice(&self.letters[column]);
         out.extend_from_slice(self.ints.format(self.row).as_bytes());
     }
 
-    fn number_cell(&mut self, column: usize, number: NumberText, out: &mut Vec<u8>) {
+    fn float_cell(&mut self, column: usize, value: f64, out: &mut Vec<u8>) {
+        if value.is_finite() {
+            self.number_cell(column, NumberText::Float(value), None, out);
+        } else {
+            let text = if value.is_nan() {
+                "NaN"
+            } else if value > 0.0 {
+                "inf"
+            } else {
+                "-inf"
+            };
+            self.text_cell(column, text, out);
+        }
+    }
+
+    fn number_cell(
+        &mut self,
+        column: usize,
+        number: NumberText,
+        style: Option<u8>,
+        out: &mut Vec<u8>,
+    ) {
         out.extend_from_slice(b"<c r=\"");
         self.reference(column, out);
+        if let Some(style) = style {
+            out.extend_from_slice(b"\" s=\"");
+            out.extend_from_slice(self.ints.format(style).as_bytes());
+        }
         out.extend_from_slice(b"\"><v>");
         match number {
             NumberText::Int(n) => out.extend_from_slice(self.ints.format(n).as_bytes()),
@@ -300,7 +447,7 @@ impl SheetWriter {
         out.extend_from_slice(b"</v></c>");
     }
 
-    /// A text cell; our texts hold no characters XML needs escaped.
+    /// A text cell (an inline string: never a formula); `text` is escaped.
     fn text_cell(&mut self, column: usize, text: &str, out: &mut Vec<u8>) {
         out.extend_from_slice(b"<c r=\"");
         self.reference(column, out);
@@ -495,45 +642,18 @@ impl<W: Write> ZipStream<W> {
     }
 }
 
-/// Cuts the zip into [`CHUNK_BYTES`] chunks for the body; fails (stopping the
-/// export) once the body is gone.
-struct ChannelWriter<'a> {
-    tx: &'a mpsc::Sender<Chunk>,
-    buffer: Vec<u8>,
-}
-
-impl ChannelWriter<'_> {
-    fn send(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(
-            &mut self.buffer,
-            Vec::with_capacity(CHUNK_BYTES),
-        ));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client left"))
-    }
-}
-
-impl Write for ChannelWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        if self.buffer.len() >= CHUNK_BYTES {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_past_z_get_two_letters_and_text_is_escaped() {
+        assert_eq!(column_letters(0), b"A");
+        assert_eq!(column_letters(25), b"Z");
+        assert_eq!(column_letters(26), b"AA");
+        assert_eq!(column_letters(16_383), b"XFD");
+        assert_eq!(escape_xml("a<b & \"c\">"), "a&lt;b &amp; &quot;c&quot;&gt;");
+    }
 
     #[test]
     fn zip_entries_carry_crc_and_sizes_in_descriptors() {

@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::export::ExportError;
 use crate::model::SensorId;
 use crate::storage::StorageError;
 
@@ -28,6 +29,9 @@ pub enum ApiError {
     /// The sensor has no points: 404.
     #[error("sensor {0:?} not found")]
     SensorNotFound(SensorId),
+    /// Several sensors of one request have no points: 404 naming each.
+    #[error("{}", crate::export::not_found_message(.0))]
+    SensorsNotFound(Vec<SensorId>),
     /// No such API route: 404.
     #[error("no API route {0}")]
     RouteNotFound(String),
@@ -50,6 +54,19 @@ pub enum ApiError {
     Storage(#[from] StorageError),
 }
 
+impl From<ExportError> for ApiError {
+    fn from(error: ExportError) -> Self {
+        match error {
+            ExportError::InvalidParameter(message) => ApiError::InvalidParameter(message),
+            ExportError::SensorsNotFound(mut ids) if ids.len() == 1 => {
+                ApiError::SensorNotFound(ids.remove(0))
+            }
+            ExportError::SensorsNotFound(ids) => ApiError::SensorsNotFound(ids),
+            ExportError::Storage(error) => ApiError::Storage(error),
+        }
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::InvalidParameter(rejection.body_text())
@@ -68,7 +85,9 @@ impl ApiError {
         match self {
             ApiError::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "invalid_parameter"),
             ApiError::InvalidCsv(_) => (StatusCode::BAD_REQUEST, "invalid_csv"),
-            ApiError::SensorNotFound(_) => (StatusCode::NOT_FOUND, "sensor_not_found"),
+            ApiError::SensorNotFound(_) | ApiError::SensorsNotFound(_) => {
+                (StatusCode::NOT_FOUND, "sensor_not_found")
+            }
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::storage::StoreHealth;
 
-use super::AppState;
+use super::state::AppState;
 
 #[derive(Debug, Serialize)]
 pub struct HealthJson {

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -21,14 +20,12 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use crate::csv_format::read_points;
 use crate::storage::StorageError;
 
-use super::{ApiError, AppState, params};
+use super::error::ApiError;
+use super::params;
+use super::state::AppState;
 
-/// Bounds of an import's body.
-#[derive(Debug, Clone, Copy)]
-pub struct ImportLimits {
-    pub max_bytes: u64,
-    pub idle_timeout: Duration,
-}
+/// Bounds of an import's body (shared state, so the router's state holds it).
+pub use super::state::ImportLimits;
 
 #[derive(Debug, Serialize)]
 pub struct ImportResult {

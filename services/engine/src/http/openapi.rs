@@ -18,6 +18,67 @@ fn error(description: &str) -> Value {
            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
+/// The parameters of `GET /api/v1/export` and its summary.
+fn export_params(ts: &str) -> Value {
+    json!([
+        param(
+            "sensor_id",
+            true,
+            "Sensor id; repeat for several (up to 1000)"
+        ),
+        param("start_ts", true, ts),
+        param("end_ts", true, ts),
+        param(
+            "layout",
+            false,
+            "long (sensor_id,timestamp_ms,...; default for several sensors) or wide (a row per distinct timestamp, a column group per sensor)"
+        ),
+        param(
+            "fill",
+            false,
+            "previous: in wide raw exports, an empty cell takes the sensor's previous value and quality"
+        ),
+        param(
+            "interval",
+            false,
+            "Bucket length: milliseconds, or 30s, 15m, 1h, 1d"
+        ),
+        param(
+            "aggregate",
+            false,
+            "Comma list: first,last,min,max,mean,count,time_weighted_mean,interpolated,percent_good"
+        ),
+        param(
+            "include_bad",
+            false,
+            "true: points of quality below 192 count into aggregates"
+        ),
+        param(
+            "format",
+            false,
+            "csv (default), xlsx, parquet, arrow or jsonl"
+        ),
+        param(
+            "preset",
+            false,
+            "excel: CSV for spreadsheets (BOM, formula-safe text, local time as a date-time)"
+        ),
+        param("bom", false, "true: start the CSV with a UTF-8 BOM (Excel)"),
+        param("delimiter", false, ", (default), ; or tab"),
+        param("decimal", false, ". (default) or , (needs delimiter ;)"),
+        param(
+            "time_zone",
+            false,
+            "IANA zone: adds a time_local column; aligns hour and day buckets to local time"
+        ),
+        param(
+            "exported_at",
+            false,
+            "The export time the XLSX information sheet names (default now)"
+        )
+    ])
+}
+
 /// The document itself.
 pub fn document() -> Value {
     let ts = "Epoch milliseconds or RFC 3339; the range is [start_ts, end_ts).";
@@ -26,22 +87,22 @@ pub fn document() -> Value {
       "info": {"title": "Sensor engine HTTP API", "version": env!("CARGO_PKG_VERSION")},
       "paths": {
         "/api/v1/export": {"get": {
-          "summary": "Download a sensor's raw points in a range as CSV or XLSX (streamed)",
-          "parameters": [
-            param("sensor_id", true, "Sensor id"),
-            param("start_ts", true, ts), param("end_ts", true, ts),
-            param("format", false, "csv (default) or xlsx"),
-            param("bom", false, "true: start the CSV with a UTF-8 BOM (Excel)"),
-            param("delimiter", false, ", (default), ; or tab"),
-            param("decimal", false, ". (default) or , (needs delimiter ;)"),
-            param("time_zone", false, "IANA zone: adds a time_local column, ISO 8601 with offset")
-          ],
+          "summary": "Download raw points or interval aggregates of one or many sensors as CSV, XLSX, Parquet, Arrow or JSON Lines (streamed)",
+          "parameters": export_params(ts),
           "responses": {
-            "200": {"description": "timestamp_ms,value,quality then one row per point in time order; a failure mid-stream aborts the connection",
-                    "content": {"text/csv": {}, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {}}},
-            "400": error("Missing, unparsable or inverted parameter (invalid_parameter)"),
-            "404": error("Unknown sensor (sensor_not_found)"),
+            "200": {"description": "The rows, streamed; a failure mid-stream aborts the connection. gzip/zstd (Accept-Encoding) for CSV, JSON Lines and Arrow.",
+                    "content": {"text/csv": {}, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {},
+                                "application/vnd.apache.parquet": {}, "application/vnd.apache.arrow.stream": {}, "application/jsonl": {}}},
+            "400": error("Missing, unparsable or inconsistent parameter (invalid_parameter)"),
+            "404": error("Unknown sensors, each named (sensor_not_found)"),
             "429": error("Too many exports running (too_many_requests); see Retry-After")
+          }}},
+        "/api/v1/export/summary": {"get": {
+          "summary": "Rows, columns and time span an export with the same parameters would have, from block summaries",
+          "parameters": export_params(ts),
+          "responses": {
+            "200": {"description": "Summary", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ExportSummary"}}}},
+            "400": error("invalid_parameter"), "404": error("sensor_not_found")
           }}},
         "/api/v1/import": {"post": {
           "summary": "Load a CSV in the export format into a sensor, all or nothing",
@@ -100,6 +161,14 @@ pub fn document() -> Value {
         "Error": {"type": "object", "required": ["error", "message"], "properties": {
           "error": {"type": "string", "enum": ["invalid_parameter", "invalid_csv", "invalid_input", "sensor_not_found", "not_found", "method_not_allowed", "too_many_requests", "unavailable", "internal"]},
           "message": {"type": "string"}}},
+        "ExportSummary": {"type": "object", "properties": {
+          "rows": {"type": "integer"}, "rows_exact": {"type": "boolean", "description": "false for raw wide exports of several sensors: rows is then an upper bound"},
+          "columns": {"type": "array", "items": {"type": "string"}},
+          "sensors": {"type": "array", "items": {"type": "object", "properties": {
+            "sensor_id": {"type": "string"}, "points": {"type": "integer"},
+            "first_timestamp_ms": {"type": ["integer", "null"]}, "last_timestamp_ms": {"type": ["integer", "null"]}}}},
+          "first_timestamp_ms": {"type": ["integer", "null"]}, "last_timestamp_ms": {"type": ["integer", "null"]},
+          "file_name": {"type": "string"}, "query": {"type": "string"}}},
         "Sensor": {"type": "object", "properties": {
           "sensor_id": {"type": "string"}, "count": {"type": "integer"},
           "first_timestamp_ms": {"type": "integer"}, "last_timestamp_ms": {"type": "integer"}}},

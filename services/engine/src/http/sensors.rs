@@ -7,7 +7,8 @@ use serde::Serialize;
 use crate::model::SensorId;
 use crate::storage::SensorInfo;
 
-use super::{ApiError, AppState};
+use super::error::ApiError;
+use super::state::AppState;
 
 /// One sensor as the dashboard sees it.
 #[derive(Debug, Serialize)]

@@ -110,19 +110,26 @@ async fn a_backup_taken_while_writing_holds_every_write_acknowledged_before_it()
     let mut body = response.bytes_stream();
     let backup_file = dir.path().join("backup.tar.zst");
     let mut bytes = Vec::new();
+    let mut first_chunk = true;
     while let Some(chunk) = body.next().await {
         bytes.extend_from_slice(&chunk.unwrap());
-        // Slow reader: the writer goes on during the backup.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if first_chunk {
+            // With the backup open, the writer must go on: wait for it.
+            first_chunk = false;
+            let started = std::time::Instant::now();
+            while acknowledged.load(Ordering::Acquire) < before_backup + 20 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the writer was held up by the backup"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
     std::fs::write(&backup_file, &bytes).unwrap();
     let after_backup = acknowledged.load(Ordering::Acquire);
     stop.store(true, Ordering::Release);
     writer.await.unwrap();
-    assert!(
-        after_backup > before_backup + 10,
-        "the writer was held up by the backup"
-    );
 
     let restored = tempfile::tempdir().unwrap();
     restore(&backup_file, &restored.path().join("store"));

@@ -486,10 +486,11 @@ async fn xlsx_is_a_real_workbook_continued_on_next_sheets() {
     );
     let mut workbook = Xlsx::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
     let names = workbook.sheet_names();
-    assert_eq!(names.len(), 3, "25 rows at 10 a sheet: {names:?}");
+    // Three data sheets (25 rows at 10 a sheet), then the information sheet.
+    assert_eq!(names, ["Sheet1", "Sheet2", "Sheet3", "Info"]);
     let mut rows = Vec::new();
-    for name in names {
-        let range = workbook.worksheet_range(&name).unwrap();
+    for name in &names[..3] {
+        let range = workbook.worksheet_range(name).unwrap();
         let mut sheet_rows = range.rows();
         let header: Vec<String> = sheet_rows
             .next()
@@ -497,7 +498,16 @@ async fn xlsx_is_a_real_workbook_continued_on_next_sheets() {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        assert_eq!(header, ["timestamp_ms", "value", "quality", "time_local"]);
+        assert_eq!(
+            header,
+            [
+                "timestamp_ms",
+                "value",
+                "quality",
+                "time_local",
+                "utc_offset"
+            ]
+        );
         rows.extend(sheet_rows.map(|r| r.to_vec()));
     }
     assert_eq!(rows.len(), 25);
@@ -511,10 +521,31 @@ async fn xlsx_is_a_real_workbook_continued_on_next_sheets() {
         }
         assert_eq!(row[2], Data::Float(f64::from(*q)));
     }
-    assert_eq!(
-        rows[0][3],
-        Data::String("2026-01-01T01:00:00.000+01:00".into())
-    );
+    // Local time is a real date-time (Excel's serial day number, local
+    // wall clock), its offset text beside it: 2026-01-01T01:00:00.000+01:00.
+    match &rows[0][3] {
+        Data::DateTime(date) => assert_eq!(date.as_f64(), (46_023.0 * 24.0 + 1.0) / 24.0),
+        other => panic!("time_local is {other:?}, not a date-time"),
+    }
+    assert_eq!(rows[0][4], Data::String("UTC+01:00".into()));
+    // The information sheet names what the workbook holds.
+    let info = workbook.worksheet_range("Info").unwrap();
+    let info: Vec<(String, String)> = info
+        .rows()
+        .map(|r| (r[0].to_string(), r[1].to_string()))
+        .collect();
+    let field = |name: &str| {
+        info.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {info:?}"))
+    };
+    assert_eq!(field("sensor 1"), "Kessel Ü1");
+    assert_eq!(field("range start (UTC)"), "1970-01-01T00:00:00.000Z");
+    assert_eq!(field("time zone"), "Europe/Berlin");
+    assert_eq!(field("rows"), "25");
+    assert!(field("query").contains("sensor_id=Kessel%20%C3%9C1"));
+    assert!(field("exported at (UTC)").ends_with('Z'));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

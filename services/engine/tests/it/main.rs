@@ -10,6 +10,8 @@ mod faults;
 mod full_disk;
 mod http_api;
 mod http_export;
+mod http_export_aggregates;
+mod http_export_formats;
 mod import_limits;
 mod recovery;
 

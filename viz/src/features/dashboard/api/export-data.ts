@@ -5,6 +5,8 @@ export type ExportFormat = 'csv' | 'xlsx';
 
 export interface ExportQuery {
   sensorId: string;
+  /** Sensors shown beside the first: exported with it (long layout). */
+  more?: string[];
   start: number;
   end: number;
   format: ExportFormat;
@@ -12,12 +14,15 @@ export interface ExportQuery {
 
 /** `GET /api/v1/export`: the raw points of [start, end) as CSV (or an Excel workbook). */
 export function exportUrl(q: ExportQuery): string {
-  return apiUrl('/api/v1/export', {
+  const url = apiUrl('/api/v1/export', {
     sensor_id: q.sensorId,
     start_ts: q.start,
     end_ts: q.end,
     format: q.format === 'xlsx' ? 'xlsx' : undefined,
   });
+  // Further sensors repeat sensor_id (after the first, so one sensor's URL is unchanged).
+  const more = (q.more ?? []).map((id) => `&sensor_id=${encodeURIComponent(id)}`).join('');
+  return url + more;
 }
 
 /** Parameter checks the server would make, done before asking it. */
@@ -37,12 +42,14 @@ export function validateExport(q: ExportQuery): string | null {
 export async function checkExport(q: ExportQuery, signal?: AbortSignal): Promise<string | null> {
   const invalid = validateExport(q);
   if (invalid) return invalid;
-  try {
-    await getSensor(q.sensorId, signal);
-  } catch (e) {
-    if (isAbort(e)) throw e;
-    if (e instanceof ApiError && e.status === 404) return `Sensor "${q.sensorId}" not found.`;
-    return e instanceof Error ? e.message : String(e);
+  for (const id of [q.sensorId, ...(q.more ?? [])]) {
+    try {
+      await getSensor(id, signal);
+    } catch (e) {
+      if (isAbort(e)) throw e;
+      if (e instanceof ApiError && e.status === 404) return `Sensor "${id}" not found.`;
+      return e instanceof Error ? e.message : String(e);
+    }
   }
   const probe = new AbortController();
   const onAbort = () => probe.abort();

@@ -26,3 +26,9 @@ export function seriesKey(q: SeriesQuery | null): string | null {
 export function useSeries(q: SeriesQuery | null) {
   return useAsync(seriesKey(q), (signal) => getSeries(q!, signal));
 }
+
+/** Several sensors' series over the same range, fetched together (the sensors beside the main one). */
+export function useSeriesMany(sensorIds: readonly string[], q: Omit<SeriesQuery, 'sensorId'> | null) {
+  const key = q === null || sensorIds.length === 0 ? null : JSON.stringify([sensorIds, q.start, q.end, q.maxPoints]);
+  return useAsync(key, (signal) => Promise.all(sensorIds.map((sensorId) => getSeries({ ...q!, sensorId }, signal))));
+}

@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useMemo, useState } from 'react';
 import { formatCount } from '@/utils/format';
 import { useSensors } from '../api/get-sensors';
-import { useSeries } from '../api/get-series';
+import { useSeries, useSeriesMany } from '../api/get-series';
 import { useLive } from '../hooks/use-live';
 import { useUrlState } from '../hooks/use-url-state';
 import type { SensorInfo } from '../types';
@@ -10,7 +10,8 @@ import { buildSearch } from '../utils/url-state';
 import { isRelative, relativeFrom, resolveRange, zoomOut, type AbsoluteRange, type RawRange } from '../utils/time-range';
 import { describeSpan, SensorPicker } from './SensorPicker';
 import { TimeRangePicker } from './TimeRangePicker';
-import { TrendChart } from './TrendChart';
+import { EXTRA_COLORS, TrendChart } from './TrendChart';
+import type { ExtraSeries } from '../utils/multi-series';
 
 const DEFAULT_RANGE: RawRange = { from: 'now-6h', to: 'now' };
 
@@ -48,6 +49,13 @@ export function Dashboard() {
   const span = range ? range.end - range.start : 0;
 
   const series = useSeries(url.sensor !== null && range ? { sensorId: url.sensor, start: range.start, end: range.end, maxPoints } : null);
+  const more = useMemo(() => (url.sensor === null ? [] : (url.more ?? [])), [url.sensor, url.more]);
+  const moreSeries = useSeriesMany(more, range ? { start: range.start, end: range.end, maxPoints } : null);
+  const extras = useMemo<ExtraSeries[] | undefined>(() => {
+    const data = moreSeries.data;
+    if (!data || data.length !== more.length || data.some((d, i) => d.sensor_id !== more[i])) return undefined;
+    return data.map((d) => ({ sensorId: d.sensor_id, points: fromResponse(d) }));
+  }, [moreSeries.data, more]);
   const live = useLive(url.sensor, url.live && range !== null, span, series.reload);
 
   useEffect(() => {
@@ -82,8 +90,30 @@ export function Dashboard() {
           loading={sensors.status === 'loading'}
           error={sensors.error}
           value={url.sensor}
-          onChange={(id) => navigate({ sensor: id })}
+          onChange={(id) => navigate({ sensor: id, more: more.filter((m) => m !== id) })}
         />
+        {url.sensor !== null && (
+          <SensorPicker
+            label="Compare with"
+            sensors={list?.filter((s) => s.sensor_id !== url.sensor && !more.includes(s.sensor_id))}
+            loading={sensors.status === 'loading'}
+            value={null}
+            onChange={(id) => navigate({ more: [...more, id] })}
+          />
+        )}
+        {more.length > 0 && (
+          <ul className="sensor-chips" aria-label="Sensors drawn beside it">
+            {more.map((id, i) => (
+              <li key={id} className="chip">
+                <span className="chip-swatch" style={{ background: EXTRA_COLORS[i % EXTRA_COLORS.length] }} aria-hidden="true" />
+                {id}
+                <button type="button" aria-label={`Remove ${id}`} onClick={() => navigate({ more: more.filter((m) => m !== id) })}>
+                  ×
+                </button>
+              </li>
+            ))}
+          </ul>
+        )}
         {raw && <TimeRangePicker value={raw} onChange={setRange} now={at} />}
         <div className="toolbar-buttons">
           <button type="button" aria-pressed={url.live} onClick={toggleLive} disabled={!range || url.sensor === null} className={url.live ? 'live-on' : undefined}>
@@ -118,11 +148,11 @@ export function Dashboard() {
                   {list.slice(0, 12).map((s) => (
                     <li key={s.sensor_id}>
                       <a
-                        href={buildSearch({ sensor: s.sensor_id, from: null, to: null, live: false }) || '/'}
+                        href={buildSearch({ sensor: s.sensor_id, more: [], from: null, to: null, live: false }) || '/'}
                         onClick={(e) => {
                           if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
                           e.preventDefault();
-                          navigate({ sensor: s.sensor_id });
+                          navigate({ sensor: s.sensor_id, more: [] });
                         }}
                       >
                         {s.sensor_id}
@@ -156,6 +186,8 @@ export function Dashboard() {
             setAbsolute({ start: chartRange.start + q, end: chartRange.end - q });
           }}
           onRetry={/not found/i.test(series.error ?? '') ? undefined : series.reload}
+          extras={extras}
+          moreSensors={more}
           emptyAction={info && fullSpan(info) ? { label: 'Show all data of this sensor', run: () => navigate({ ...fullSpan(info)!, live: false }) } : undefined}
         />
       ) : needsDefault ? (

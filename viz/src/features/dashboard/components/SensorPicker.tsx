@@ -11,6 +11,8 @@ export interface SensorPickerProps {
   error?: string;
   value: string | null;
   onChange: (sensorId: string) => void;
+  /** The visible label (and accessible name); "Sensor" by default. */
+  label?: string;
 }
 
 /** Rendered options at most; typing narrows thousands of sensors down. */
@@ -27,7 +29,7 @@ export function describeSpan(s: SensorInfo): string {
  * A searchable combobox labelled "Sensor" (WAI-ARIA combobox with a listbox popup).
  * Arrow keys move, Enter picks, Escape closes.
  */
-export function SensorPicker({ sensors, loading, error, value, onChange }: SensorPickerProps) {
+export function SensorPicker({ sensors, loading, error, value, onChange, label = 'Sensor' }: SensorPickerProps) {
   const id = useId();
   const listId = `${id}-list`;
   const [query, setQuery] = useState<string | null>(null); // null: not editing, show the value
@@ -70,7 +72,7 @@ export function SensorPicker({ sensors, loading, error, value, onChange }: Senso
 
   return (
     <div className="picker">
-      <label htmlFor={`${id}-input`}>Sensor</label>
+      <label htmlFor={`${id}-input`}>{label}</label>
       <div className="combo">
         <input
           id={`${id}-input`}

@@ -1,10 +1,12 @@
-import { useLayoutEffect, useMemo, useRef } from 'react';
+import { useLayoutEffect, useMemo, useRef, useState } from 'react';
 import type uPlot from 'uplot';
 import { UPlotChart } from '@/components/UPlotChart';
 import { formatCount } from '@/utils/format';
 import { useExport } from '../hooks/use-export';
 import type { LiveStatus } from '../hooks/use-live';
+import { alignColumns, layoutExtras, type ExtraSeries } from '../utils/multi-series';
 import { EXCEL_MAX_ROWS, toChartSeries, type Points, type QualitySpan } from '../utils/series';
+import { ExportDialog } from './ExportDialog';
 import { formatTick, formatTime, snapRange, zoneLabel, type AbsoluteRange } from '../utils/time-range';
 
 export interface TrendChartProps {
@@ -29,7 +31,14 @@ export interface TrendChartProps {
   onRetry?: () => void;
   /** Shown in the empty state, e.g. to jump to the sensor's whole span. */
   emptyAction?: { label: string; run: () => void };
+  /** Sensors drawn beside the main one (each a line of its own). */
+  extras?: ExtraSeries[];
+  /** Their ids, also while their points load: exported with the main sensor. */
+  moreSensors?: string[];
 }
+
+/** Line colours of the sensors drawn beside the main one. */
+export const EXTRA_COLORS = ['#059669', '#7c3aed', '#db2777', '#0891b2', '#65a30d', '#ea580c', '#4f46e5', '#be123c'];
 
 const COLORS = { line: '#2563eb', uncertain: '#d97706', bad: '#dc2626', axis: '#475569', grid: '#e2e8f0' };
 const STRIPE = { uncertain: 'rgba(217, 119, 6, 0.14)', bad: 'rgba(220, 38, 38, 0.16)' };
@@ -61,9 +70,15 @@ const capitalize = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
  */
 export function TrendChart(props: TrendChartProps) {
   const { sensorId, range, status, error, points, rawCount, downsampled, live = 'off', updating, height = 380 } = props;
-  const { state: exp, exportCsv, exportExcel, dismiss } = useExport(sensorId, range.start, range.end, rawCount);
+  const moreSensors = props.moreSensors ?? [];
+  const { state: exp, exportCsv, exportExcel, dismiss } = useExport(sensorId, range.start, range.end, rawCount, moreSensors);
+  const [dialogOpen, setDialogOpen] = useState(false);
 
   const series = useMemo(() => (points ? toChartSeries(points) : null), [points]);
+  const extras = useMemo(() => props.extras ?? [], [props.extras]);
+  const layout = useMemo(() => layoutExtras(series?.data[1] ?? [], extras), [series, extras]);
+  // The options change only with the chart's shape: which scales the extra lines use.
+  const shape = JSON.stringify([extras.map((e) => e.sensorId), layout]);
 
   // Callbacks and the x range are read through refs so the uPlot options stay stable.
   const live$ = useRef({ range, spans: series?.spans ?? [], onZoom: props.onZoom, onPlotPixels: props.onPlotPixels });
@@ -72,7 +87,22 @@ export function TrendChart(props: TrendChartProps) {
   });
 
   const options = useMemo<Omit<uPlot.Options, 'width' | 'height'>>(
-    () => ({
+    () => {
+      const [extraIds, extraLayout] = JSON.parse(shape) as [string[], { scale: string; ownAxis: boolean }[]];
+      const color = (i: number) => EXTRA_COLORS[i % EXTRA_COLORS.length]!;
+      const extraSeries: uPlot.Series[] = extraIds.map((id, i) => ({
+        label: id,
+        scale: extraLayout[i]!.scale,
+        value: (_u, v) => (v == null ? '–' : String(v)),
+        stroke: color(i),
+        width: 1.5,
+        points: { show: false },
+        spanGaps: true,
+      }));
+      const extraAxes: uPlot.Axis[] = extraIds.flatMap((_id, i) =>
+        extraLayout[i]!.ownAxis ? [{ scale: extraLayout[i]!.scale, side: 1, stroke: color(i), grid: { show: false }, ticks: { stroke: COLORS.grid }, size: 64 }] : [],
+      );
+      return {
       ms: 1,
       // Room on the right for the last tick's date label.
       padding: [12, 36, 0, 0],
@@ -86,12 +116,15 @@ export function TrendChart(props: TrendChartProps) {
           values: (_u, splits, _axis, _space, incr) => splits.map((v, i) => formatTick(v, incr, i > 0 ? splits[i - 1]! : null)),
         },
         { stroke: COLORS.axis, grid: { stroke: COLORS.grid, width: 1 }, ticks: { stroke: COLORS.grid }, size: 64 },
+        ...extraAxes,
       ],
       series: [
         { label: 'Time', value: (_u, v) => (v == null ? '–' : formatTime(v)) },
-        { label: 'Value', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.line, width: 1.5, points: { show: false } },
+        // With other sensors on the x column, the main line's own points are apart: join them.
+        { label: extraIds.length > 0 ? sensorId : 'Value', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.line, width: 1.5, points: { show: false }, spanGaps: extraIds.length > 0 },
         { label: 'Uncertain', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.uncertain, width: 0, paths: () => null, points: { show: true, size: 7, stroke: COLORS.uncertain, fill: COLORS.uncertain } },
         { label: 'Bad', value: (_u, v) => (v == null ? '–' : String(v)), stroke: COLORS.bad, width: 0, paths: () => null, points: { show: true, size: 8, stroke: COLORS.bad, fill: COLORS.bad } },
+        ...extraSeries,
       ],
       cursor: { drag: { x: true, y: false, setScale: false } },
       hooks: {
@@ -116,15 +149,21 @@ export function TrendChart(props: TrendChartProps) {
           },
         ],
       },
-    }),
-    [],
+    };
+    },
+    // sensorId only names the main line; a new sensor brings new data anyway.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+    [shape],
   );
 
   // A new array (new points, or a sliding live window) makes the wrapper call setData.
   const data = useMemo<uPlot.AlignedData>(
-    () => (series ? [...series.data] : [[], [], [], []]),
+    () => {
+      if (!series) return [[], [], [], [], ...extras.map(() => [])];
+      return extras.length > 0 ? alignColumns(series.data, extras) : [...series.data];
+    },
     // eslint-disable-next-line react-hooks/exhaustive-deps
-    [series, range.start, range.end],
+    [series, extras, range.start, range.end],
   );
 
   const hasPoints = !!series && series.data[0].length > 0;
@@ -160,6 +199,9 @@ export function TrendChart(props: TrendChartProps) {
           <button type="button" onClick={props.onZoomOut} title="Twice the range, same centre">Zoom out</button>
           <button type="button" className="primary" onClick={() => exportCsv()} disabled={exportBusy} aria-busy={exportBusy} aria-describedby="export-what">
             Export CSV
+          </button>
+          <button type="button" onClick={() => setDialogOpen(true)} aria-haspopup="dialog">
+            Export…
           </button>
         </div>
       </header>
@@ -219,6 +261,7 @@ export function TrendChart(props: TrendChartProps) {
           />
         )}
       </div>
+      {dialogOpen && <ExportDialog sensorIds={[sensorId, ...moreSensors]} start={range.start} end={range.end} onClose={() => setDialogOpen(false)} />}
       <p className="axis-note">Times in {zoneLabel(range.start)}. Drag across the chart to zoom in; Back or “Zoom out” to return.</p>
     </section>
   );

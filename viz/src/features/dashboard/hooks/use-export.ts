@@ -14,8 +14,9 @@ export type ExportState =
  * The export flow behind "Export CSV": warn past Excel's row limit, check that the
  * download will succeed, then hand the URL to the browser's downloader.
  */
-export function useExport(sensorId: string, start: number, end: number, rawCount: number | undefined) {
-  const key = JSON.stringify([sensorId, start, end]);
+export function useExport(sensorId: string, start: number, end: number, rawCount: number | undefined, more: readonly string[] = []) {
+  const moreKey = more.join('\u0000');
+  const key = JSON.stringify([sensorId, start, end, moreKey]);
   const [tagged, setTagged] = useState<{ key: string; state: ExportState }>({ key, state: { kind: 'idle' } });
   const ctlRef = useRef<AbortController | null>(null);
   const setState = useCallback((state: ExportState) => setTagged({ key, state }), [key]);
@@ -29,7 +30,7 @@ export function useExport(sensorId: string, start: number, end: number, rawCount
       ctlRef.current?.abort();
       const ctl = new AbortController();
       ctlRef.current = ctl;
-      const q: ExportQuery = { sensorId, start, end, format };
+      const q: ExportQuery = { sensorId, more: moreKey ? moreKey.split('\u0000') : [], start, end, format };
       setState({ kind: 'checking', format });
       try {
         const problem = await checkExport(q, ctl.signal);
@@ -44,7 +45,7 @@ export function useExport(sensorId: string, start: number, end: number, rawCount
         if (!isAbort(e)) setState({ kind: 'error', message: e instanceof Error ? e.message : String(e) });
       }
     },
-    [sensorId, start, end, setState],
+    [sensorId, moreKey, start, end, setState],
   );
 
   /** "Export CSV": past Excel's limit, first say so and offer the workbook. */

@@ -33,3 +33,16 @@ export interface LivePoints {
   values: (number | null)[];
   qualities: number[];
 }
+
+/** `GET /api/v1/export/summary`. */
+export interface ExportSummary {
+  /** Rows the export will have (wide raw: an upper bound, see `rows_exact`). */
+  rows: number;
+  rows_exact: boolean;
+  columns: string[];
+  sensors: { sensor_id: string; points: number; first_timestamp_ms: number | null; last_timestamp_ms: number | null }[];
+  first_timestamp_ms: number | null;
+  last_timestamp_ms: number | null;
+  file_name: string;
+  query: string;
+}

@@ -22,4 +22,11 @@ describe('URL state', () => {
     );
     expect(buildSearch({ sensor: null, from: null, to: null, live: false })).toBe('');
   });
+
+  it('keeps several sensors in order: ?sensor=a&sensor=b', () => {
+    const state = parseUrlState('?sensor=a&sensor=b%2Fc&sensor=a&sensor=d&from=1&to=2');
+    expect(state.sensor).toBe('a');
+    expect(state.more).toEqual(['b/c', 'd']);
+    expect(buildSearch(state)).toBe('?sensor=a&sensor=b%2Fc&sensor=d&from=1&to=2');
+  });
 });

@@ -16,8 +16,11 @@ use axum::extract::{Query, State};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::http::{ApiError, AppState, params};
 use crate::model::PointBatch;
+
+use super::error::ApiError;
+use super::params;
+use super::state::AppState;
 
 /// Points returned when the client does not say.
 pub const DEFAULT_MAX_POINTS: usize = 1_000;

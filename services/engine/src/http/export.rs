@@ -1,0 +1,170 @@
+//! `GET /api/v1/export` and `GET /api/v1/export/summary`: parse the query
+//! into an [`ExportRequest`], claim an export slot, and answer with what
+//! [`crate::export`] streams (or counts).
+//!
+//! Everything that can be refused is refused before the 200: the parameters
+//! (400), the sensors (404, naming each unknown one), the export limit
+//! (429). The export slot is held by the body, so it is freed when the
+//! download ends or the client leaves, not when the headers leave.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::export::summary::{ExportSummary, summarize};
+use crate::export::{self, Encoding, ExportOptions, ExportRequest, content_disposition};
+
+use super::error::ApiError;
+use super::state::AppState;
+
+type Pairs = Vec<(String, String)>;
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// The export handler.
+pub async fn export(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<Pairs>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(pairs) = query?;
+    let request = ExportRequest::from_pairs(&pairs, now_ms())?;
+    let permit = Arc::clone(&state.export_permits)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyRequests)?;
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|value| value.to_str().ok())
+        .and_then(Encoding::negotiate);
+    let options = ExportOptions {
+        xlsx_rows_per_sheet: state.xlsx_rows_per_sheet,
+        accept,
+    };
+    let started = export::open(&state.storage, request, options).await?;
+    let request = &started.request;
+    let (ascii, full) = request.file_name();
+    let disposition = HeaderValue::from_str(&content_disposition(&ascii, &full))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
+    tracing::info!(
+        sensors = request.sensors.len(),
+        first_sensor = %request.sensors[0],
+        start_ms = request.range.start_ms,
+        end_ms = request.range.end_ms,
+        format = request.format.name(),
+        layout = request.layout.name(),
+        resampled = request.resample.is_some(),
+        encoding = started.encoding.map(Encoding::name),
+        "export started"
+    );
+    let mut response = (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(request.format.content_type()),
+            ),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        Body::from_stream(hold(started.body, permit)),
+    )
+        .into_response();
+    let response_headers = response.headers_mut();
+    if let Some(encoding) = started.encoding {
+        response_headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.name()),
+        );
+    }
+    if request.format.compressible() {
+        response_headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    Ok(response)
+}
+
+/// The summary handler: the same parameters, answered as JSON.
+pub async fn summary(
+    State(state): State<AppState>,
+    query: Result<Query<Pairs>, QueryRejection>,
+) -> Result<Json<ExportSummary>, ApiError> {
+    let Query(pairs) = query?;
+    let request = ExportRequest::from_pairs(&pairs, now_ms())?;
+    Ok(Json(summarize(&state.storage, &request).await?))
+}
+
+/// Keeps `permit` alive exactly as long as the body stream, so the export
+/// slot is freed when the download ends or the client leaves (not when the
+/// headers leave), and logs once how the export ended.
+fn hold<S>(body: S, permit: OwnedSemaphorePermit) -> Guarded<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    Guarded {
+        inner: Box::pin(body),
+        _permit: permit,
+        started: std::time::Instant::now(),
+        bytes: 0,
+        outcome: Outcome::Left,
+    }
+}
+
+/// How an export's body ended, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every byte was handed to the connection.
+    Completed,
+    /// The store failed; the connection was aborted.
+    Failed,
+    /// Dropped before the end: the client left or the server shut down.
+    Left,
+}
+
+/// The body stream of an export, with its permit and its bookkeeping.
+struct Guarded<S> {
+    inner: std::pin::Pin<Box<S>>,
+    _permit: OwnedSemaphorePermit,
+    started: std::time::Instant,
+    bytes: u64,
+    outcome: Outcome,
+}
+
+impl<S> futures_util::Stream for Guarded<S>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+{
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(chunk))) => self.bytes += chunk.len() as u64,
+            std::task::Poll::Ready(Some(Err(_))) => self.outcome = Outcome::Failed,
+            std::task::Poll::Ready(None) if self.outcome == Outcome::Left => {
+                self.outcome = Outcome::Completed;
+            }
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Guarded<S> {
+    fn drop(&mut self) {
+        tracing::info!(
+            outcome = ?self.outcome,
+            bytes = self.bytes,
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "export ended"
+        );
+    }
+}

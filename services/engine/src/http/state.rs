@@ -1,0 +1,83 @@
+//! What every handler shares: the server's settings ([`HttpConfig`]) and the
+//! state each request sees ([`AppState`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::storage::SharedStorage;
+
+/// How the HTTP server behaves. [`HttpConfig::default`] is what `engine serve`
+/// uses unless told otherwise.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The built dashboard (`viz/dist`), served with an SPA fallback to
+    /// `index.html` after the API routes. `None` serves the API alone.
+    pub web_dir: Option<PathBuf>,
+    /// Exports running at once; one more is answered 429 at once. Each export
+    /// holds its permit until its body ends, not just until the headers leave.
+    pub max_concurrent_exports: usize,
+    /// XLSX data rows per sheet before continuing on the next sheet (Excel's
+    /// limit is 1,048,576 rows including the header). Lowered in tests.
+    pub xlsx_rows_per_sheet: u32,
+    /// Time a client gets to send a request's headers; a slow or silent client
+    /// (slowloris) is cut off after it. axum's `serve` sets none.
+    pub header_read_timeout: Duration,
+    /// After a shutdown signal, how long running requests (exports) may take
+    /// to finish before their connections are dropped.
+    pub shutdown_grace: Duration,
+    /// Largest CSV body `POST /api/v1/import` takes; a larger one is
+    /// answered 413 and nothing of it is stored.
+    pub import_max_bytes: u64,
+    /// How long an import's body may stall (no bytes arriving) before the
+    /// import is abandoned with 408 and nothing of it stored.
+    pub import_idle_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            web_dir: Some(PathBuf::from("viz/dist")),
+            max_concurrent_exports: 64,
+            xlsx_rows_per_sheet: crate::export::xlsx::EXCEL_MAX_DATA_ROWS,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            import_max_bytes: 16 << 30,
+            import_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler gets: the store behind its trait, and the export limit.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: SharedStorage,
+    /// One permit per running export, moved into the response body so it is
+    /// released only when the download ends (or the client leaves).
+    pub export_permits: Arc<Semaphore>,
+    pub xlsx_rows_per_sheet: u32,
+    pub import_limits: ImportLimits,
+}
+
+/// What an import may take: its size and how long its body may stall.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportLimits {
+    pub max_bytes: u64,
+    pub idle_timeout: Duration,
+}
+
+impl AppState {
+    pub fn new(storage: SharedStorage, config: &HttpConfig) -> Self {
+        Self {
+            storage,
+            export_permits: Arc::new(Semaphore::new(config.max_concurrent_exports)),
+            xlsx_rows_per_sheet: config.xlsx_rows_per_sheet.max(1),
+            import_limits: ImportLimits {
+                max_bytes: config.import_max_bytes,
+                idle_timeout: config.import_idle_timeout,
+            },
+        }
+    }
+}
