@@ -54,6 +54,12 @@ enum Command {
         /// Run the built-in plant simulator: history plus live readings.
         #[arg(long)]
         demo: bool,
+        /// Largest CSV body `POST /api/v1/import` takes, in bytes.
+        #[arg(long, env = "ENGINE_IMPORT_MAX_BYTES", default_value_t = 16 << 30)]
+        import_max_bytes: u64,
+        /// Seconds an import's body may stall before the import is abandoned.
+        #[arg(long, env = "ENGINE_IMPORT_IDLE_TIMEOUT", default_value_t = 30)]
+        import_idle_timeout: u64,
     },
     /// Load a CSV (header `timestamp_ms,value,quality`) into one sensor, all
     /// or nothing: a bad row stores nothing of the file.
@@ -83,6 +89,14 @@ enum Command {
     },
     /// List sensors with point count and first/last timestamp (tab-separated).
     Sensors {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Recover a store whose write-ahead log is damaged (opening it says
+    /// so): keeps every intact record, moves each damaged segment to
+    /// `wal/damaged/`, and reports what could not be recovered. The store
+    /// must not be in use.
+    Repair {
         #[command(flatten)]
         data_dir: DataDir,
     },
@@ -147,6 +161,8 @@ async fn execute(command: Command) -> Result<(), CliError> {
             nats_url,
             web_dir,
             demo,
+            import_max_bytes,
+            import_idle_timeout,
         } => {
             let store = open_store(&data_dir.data_dir).await?;
             let config = ServeConfig {
@@ -155,6 +171,8 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 nats_url,
                 web_dir,
                 demo,
+                import_max_bytes,
+                import_idle_timeout: std::time::Duration::from_secs(import_idle_timeout),
             };
             let storage: SharedStorage = store.clone();
             let result = server::run(config, storage, server::shutdown_signal()).await;
@@ -206,6 +224,32 @@ async fn execute(command: Command) -> Result<(), CliError> {
             }
             out.write_all(&buffer).map_err(CliError::Output)?;
             out.flush().map_err(CliError::Output)?;
+            Ok(())
+        }
+        Command::Repair { data_dir } => {
+            let dir = data_dir.data_dir.clone();
+            let reports = tokio::task::spawn_blocking(move || EmbeddedStore::repair(&dir))
+                .await
+                .map_err(|e| CliError::Usage(format!("repair panicked: {e}")))??;
+            if reports.is_empty() {
+                eprintln!("the write-ahead log is intact; nothing to repair");
+            }
+            for report in reports {
+                let lost: u64 = report.lost_ranges.iter().map(|(from, to)| to - from).sum();
+                eprintln!(
+                    "repaired {}: kept {} intact records; {lost} damaged bytes could not be \
+                     recovered (at {}); the original is kept as {}",
+                    report.segment.display(),
+                    report.records_kept,
+                    report
+                        .lost_ranges
+                        .iter()
+                        .map(|(from, to)| format!("bytes {from}..{to}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    report.moved_to.display(),
+                );
+            }
             Ok(())
         }
         Command::Sensors { data_dir } => {

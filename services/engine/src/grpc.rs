@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::live::{LiveHub, LiveUpdate};
 use crate::model::{Point, PointBatch, Sample, SensorId, TimeRange, check_timestamp};
-use crate::storage::{SharedStorage, StorageError};
+use crate::storage::{SharedStorage, StorageError, StoreHealth};
 
 use pb::sensor_engine_server::{SensorEngine, SensorEngineServer};
 
@@ -338,10 +338,36 @@ pub async fn serve(
             None
         }
     };
+    // The health service follows the store: NOT_SERVING once it refuses
+    // writes until a restart (a full disk is not that: reads still work and
+    // writes are answered RESOURCE_EXHAUSTED until there is room).
+    let follow_store = {
+        let (health, storage) = (health.clone(), storage.clone());
+        tokio::spawn(async move {
+            let mut failed = false;
+            loop {
+                let now_failed = matches!(storage.health(), StoreHealth::Failed(_));
+                if now_failed != failed {
+                    failed = now_failed;
+                    if failed {
+                        health
+                            .set_not_serving::<SensorEngineServer<GrpcService>>()
+                            .await;
+                    } else {
+                        health
+                            .set_serving::<SensorEngineServer<GrpcService>>()
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     let service = SensorEngineServer::new(GrpcService::new(storage, hub.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         shutdown.await;
+        follow_store.abort();
         health
             .set_not_serving::<SensorEngineServer<GrpcService>>()
             .await;

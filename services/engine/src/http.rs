@@ -36,7 +36,8 @@ use tracing::Level;
 use crate::storage::SharedStorage;
 
 pub mod error;
-mod import;
+mod health;
+pub mod import;
 mod openapi;
 pub(crate) mod params;
 mod sensors;
@@ -65,6 +66,12 @@ pub struct HttpConfig {
     /// After a shutdown signal, how long running requests (exports) may take
     /// to finish before their connections are dropped.
     pub shutdown_grace: Duration,
+    /// Largest CSV body `POST /api/v1/import` takes; a larger one is
+    /// answered 413 and nothing of it is stored.
+    pub import_max_bytes: u64,
+    /// How long an import's body may stall (no bytes arriving) before the
+    /// import is abandoned with 408 and nothing of it stored.
+    pub import_idle_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -75,6 +82,8 @@ impl Default for HttpConfig {
             xlsx_rows_per_sheet: crate::export::xlsx::EXCEL_MAX_DATA_ROWS,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            import_max_bytes: 16 << 30,
+            import_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -87,6 +96,7 @@ pub struct AppState {
     /// released only when the download ends (or the client leaves).
     pub export_permits: Arc<Semaphore>,
     pub xlsx_rows_per_sheet: u32,
+    pub import_limits: import::ImportLimits,
 }
 
 impl AppState {
@@ -95,11 +105,16 @@ impl AppState {
             storage,
             export_permits: Arc::new(Semaphore::new(config.max_concurrent_exports)),
             xlsx_rows_per_sheet: config.xlsx_rows_per_sheet.max(1),
+            import_limits: import::ImportLimits {
+                max_bytes: config.import_max_bytes,
+                idle_timeout: config.import_idle_timeout,
+            },
         }
     }
 }
 
-/// Every route: `/healthz`, the API under `/api/v1`, then the dashboard.
+/// Every route: `/healthz`, `/readyz`, the API under `/api/v1`, then the
+/// dashboard.
 pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
     // Compression (gzip, zstd) at the fastest level: CSV shrinks about 3x for
     // little CPU. Not for XLSX, which is a zip already.
@@ -119,7 +134,8 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
         .method_not_allowed_fallback(api_method_not_allowed)
         .layer(compress);
     let mut app = Router::new()
-        .route("/healthz", get(sensors::healthz))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .nest("/api/v1", api);
     if let Some(dir) = web_dir {
         let spa = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));

@@ -118,6 +118,10 @@ impl Eq for Point {}
 /// that came from a stream.
 pub const MAX_STREAM_SEQ: u64 = (1 << 63) - 1;
 
+/// The lowest version of a direct write: every direct write outranks every
+/// point from a stream. Points stored before versions existed have it.
+pub const FIRST_DIRECT_VERSION: u64 = 1 << 63;
+
 /// A point addressed to a sensor: the unit of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {

@@ -33,6 +33,10 @@ pub struct ServeConfig {
     pub web_dir: PathBuf,
     /// Run the built-in plant simulator.
     pub demo: bool,
+    /// See [`crate::http::HttpConfig::import_max_bytes`].
+    pub import_max_bytes: u64,
+    /// See [`crate::http::HttpConfig::import_idle_timeout`].
+    pub import_idle_timeout: Duration,
 }
 
 /// Errors that stop the server.
@@ -98,6 +102,8 @@ pub async fn run(
 
     let http_config = crate::http::HttpConfig {
         web_dir: Some(config.web_dir.clone()),
+        import_max_bytes: config.import_max_bytes,
+        import_idle_timeout: config.import_idle_timeout,
         ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(

@@ -34,6 +34,12 @@ pub enum ApiError {
     /// The route exists but not for this method: 405.
     #[error("{method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    /// An upload is larger than the server takes: 413.
+    #[error("the body is larger than the {0} bytes this server takes (--import-max-bytes)")]
+    PayloadTooLarge(u64),
+    /// An upload stalled: no bytes for longer than the server waits: 408.
+    #[error("the body stalled: no data for {0} s (--import-idle-timeout)")]
+    BodyTimeout(u64),
     /// Too many exports at once: 429 with `Retry-After`, answered at once
     /// instead of queueing without bound.
     #[error("too many exports are running; retry in {RETRY_AFTER_SECONDS} s")]
@@ -67,6 +73,8 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Storage(StorageError::InvalidInput(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_input")

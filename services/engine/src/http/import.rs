@@ -1,14 +1,20 @@
 //! `POST /api/v1/import?sensor_id=`: loads a CSV body in the export format,
 //! streaming, all or nothing, with the rules of `engine import`
 //! ([`read_points`]).
+//!
+//! The store stages the rows as they arrive without holding up any other
+//! writer; the body is still bounded, in size and in how long it may stall,
+//! so a stuck or endless upload ends with a clear answer and nothing stored.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use futures_util::TryStreamExt;
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -16,6 +22,13 @@ use crate::csv_format::read_points;
 use crate::storage::StorageError;
 
 use super::{ApiError, AppState, params};
+
+/// Bounds of an import's body.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportLimits {
+    pub max_bytes: u64,
+    pub idle_timeout: Duration,
+}
 
 #[derive(Debug, Serialize)]
 pub struct ImportResult {
@@ -34,9 +47,19 @@ pub async fn import(
 
     // The CSV reader is synchronous (the csv crate): it reads the body
     // through a bridge on a blocking thread, a couple of batches ahead.
-    let body = body.into_data_stream().map_err(std::io::Error::other);
+    let breach = Arc::new(OnceLock::new());
+    let body = Box::pin(bounded(body, state.import_limits, Arc::clone(&breach)));
     let batches = read_points(SyncIoBridge::new(StreamReader::new(body)));
-    match state.storage.import(&sensor_id, batches).await {
+    let result = state.storage.import(&sensor_id, batches).await;
+    // A broken bound surfaces in the CSV reader as a read error; answer
+    // with what really happened.
+    if let Some(error) = breach.get() {
+        return Err(match error {
+            Breach::TooLarge => ApiError::PayloadTooLarge(state.import_limits.max_bytes),
+            Breach::Stalled => ApiError::BodyTimeout(state.import_limits.idle_timeout.as_secs()),
+        });
+    }
+    match result {
         Ok(summary) => Ok(Json(ImportResult {
             sensor_id: sensor_id.as_str().to_owned(),
             points: summary.points,
@@ -45,4 +68,51 @@ pub async fn import(
         Err(StorageError::InvalidInput(message)) => Err(ApiError::InvalidCsv(message)),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Which bound of the body was broken.
+#[derive(Debug, Clone, Copy)]
+enum Breach {
+    TooLarge,
+    Stalled,
+}
+
+/// The body's bytes, ending in an error (and recording why in `breach`) once
+/// more than `max_bytes` came, or nothing came for `idle_timeout`.
+fn bounded(
+    body: Body,
+    limits: ImportLimits,
+    breach: Arc<OnceLock<Breach>>,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let chunks = body.into_data_stream();
+    futures_util::stream::unfold(
+        (chunks, 0u64, false),
+        move |(mut chunks, mut received, done)| {
+            let breach = Arc::clone(&breach);
+            async move {
+                if done {
+                    return None;
+                }
+                let fail = |why: Breach, message: &str| {
+                    let _ = breach.set(why);
+                    std::io::Error::other(message.to_owned())
+                };
+                let item = match tokio::time::timeout(limits.idle_timeout, chunks.next()).await {
+                    Err(_) => Err(fail(Breach::Stalled, "the upload stalled")),
+                    Ok(None) => return None,
+                    Ok(Some(Err(error))) => Err(std::io::Error::other(error)),
+                    Ok(Some(Ok(bytes))) => {
+                        received += bytes.len() as u64;
+                        if received > limits.max_bytes {
+                            Err(fail(Breach::TooLarge, "the upload is too large"))
+                        } else {
+                            Ok(bytes)
+                        }
+                    }
+                };
+                let done = item.is_err();
+                Some((item, (chunks, received, done)))
+            }
+        },
+    )
 }

@@ -82,7 +82,8 @@ pub fn document() -> Value {
                     "content": {"text/event-stream": {}}},
             "400": error("invalid_parameter")
           }}},
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}}
+        "/healthz": {"get": {"summary": "Liveness: 503 only when the store refuses writes until a restart", "responses": {"200": {"description": "serving (status ok, or degraded with a reason)"}, "503": {"description": "failed: restart the engine"}}}},
+        "/readyz": {"get": {"summary": "Readiness: 200 only when reads and writes work", "responses": {"200": {"description": "ready"}, "503": {"description": "degraded (disk full, recovers by itself) or failed"}}}}
       },
       "components": {"schemas": {
         "Error": {"type": "object", "required": ["error", "message"], "properties": {

@@ -1,4 +1,4 @@
-//! `GET /api/v1/sensors`, `GET /api/v1/sensors/{id}` and `GET /healthz`.
+//! `GET /api/v1/sensors` and `GET /api/v1/sensors/{id}`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -51,9 +51,4 @@ pub async fn get(
         Some(info) => Ok(Json(info.into())),
         None => Err(ApiError::SensorNotFound(id)),
     }
-}
-
-/// Liveness: answers while the server accepts requests.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
 }

@@ -6,82 +6,104 @@
 //! ```text
 //! DIR/LOCK          held with an OS file lock: one process per directory
 //! DIR/wal/N.wal     write-ahead log segments (see `wal`)
-//! DIR/blocks.redb   compressed blocks (see `codec`) and the sensor catalogue
+//! DIR/blocks.redb   compressed blocks (see `codec`, `blocks`) and the catalogue
+//! DIR/staging/      imports being received (see `staging`)
 //! ```
 //!
 //! A write appends one record to the WAL and `fdatasync`s it (now it is
-//! durable and acknowledged), then lands in the *head*: an in-memory sorted
-//! map per sensor. When the head holds [`EmbeddedOptions::head_flush_points`]
-//! points, a *checkpoint* folds it into blocks in one redb transaction that
-//! also records the WAL sequence it covers, and the covered segments are
-//! deleted. Opening replays the segments after the last checkpoint.
+//! durable and acknowledged), then lands in the *active head*: an in-memory
+//! sorted map per sensor. When the active head holds
+//! [`EmbeddedOptions::head_flush_points`] points it is *frozen*: the WAL moves
+//! on to a new segment, a fresh head takes new writes, and a background
+//! thread folds the frozen head into blocks in one redb transaction that also
+//! records the WAL segment it covers; then the covered segments are deleted.
+//! No write waits for that fold. If folding falls behind (two frozen heads
+//! waiting and the active head full again), writes slow down, then wait: the
+//! memory a store uses stays bounded. Opening replays the segments after the
+//! last fold.
 //!
-//! Blocks hold up to 4096 points of one sensor in time order, keyed by
-//! `(sensor key, first timestamp)`, and never overlap, so a range scan is a
-//! sequential read of a few hundred blocks per million points. A scan merges
-//! the blocks with a copy of the head's points in its range (bounded by the
-//! head size, never by the range), taking both under one lock so that a
-//! concurrent checkpoint is never seen half-done.
+//! Every point carries a version (its stream sequence, or for a direct write
+//! a number above every stream sequence that grows with each write), and a
+//! point only replaces one of the same timestamp whose version is not
+//! higher, wherever the two meet: in a head, between heads, or when a head
+//! is folded into blocks. So the order in which heads and imports reach the
+//! blocks never decides which value wins.
 //!
-//! Imports are all-or-nothing: they run in one redb transaction that is only
-//! committed when the whole source was read without error.
+//! A full disk is not fatal: a write the WAL cannot take is undone and
+//! refused ([`StorageError::Full`]), a fold that cannot be committed is
+//! retried, and both work again once there is room, without a restart. A
+//! failed fsync is fatal: what is on disk is then unknown, so the store
+//! refuses writes ([`StorageError::Failed`]) until a restart has recovered
+//! from the WAL.
+//!
+//! Imports are all-or-nothing and never block other writers: they are
+//! staged in a file of their own while the source is read, then merged into
+//! the blocks in one transaction.
 
+mod blocks;
 mod codec;
+mod head;
+pub mod io;
+mod staging;
 mod wal;
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 
-use self::codec::MAX_BLOCK_POINTS;
-use self::wal::{Group, WalWriter};
-use super::m4::{Downsampled, M4, Summary};
-use super::{ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError, receiver_stream};
-use crate::model::{Point, PointBatch, Sample, SensorId, TimeRange, check_timestamp};
+use self::blocks::{BlockTables, Blocks, ScanSnapshot};
+use self::head::{Head, Versioned, merge_heads};
+use self::io::Faults;
+use self::staging::StagingFile;
+use self::wal::{Group, Record, WalError, WalWriter};
+use super::m4::Downsampled;
+use super::{
+    ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError, StoreHealth,
+    receiver_stream,
+};
+use crate::model::{
+    FIRST_DIRECT_VERSION, MAX_STREAM_SEQ, PointBatch, Sample, SensorId, TimeRange, check_timestamp,
+};
 
-/// Blocks: `(sensor key, first timestamp)` → encoded block.
-const BLOCKS: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("blocks");
-/// Per block, under the same key: its [`Summary`] (count, first, last, min,
-/// max), so downsampling reads ~80 bytes instead of the block.
-const SUMMARIES: TableDefinition<(u32, i64), &[u8]> = TableDefinition::new("summaries");
-/// The catalogue: sensor id → `(key, count, first timestamp, last timestamp)`
-/// of what is in blocks.
-const SENSORS: TableDefinition<&str, (u32, u64, i64, i64)> = TableDefinition::new("sensors");
-/// Bookkeeping: see the `META_*` keys.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The last WAL segment whose records are all in blocks.
-const META_CHECKPOINT: &str = "wal_checkpoint";
-/// The next unused sensor key.
-const META_NEXT_KEY: &str = "next_sensor_key";
+pub use self::wal::RepairReport;
 
-/// A checkpoint also happens when the open segment grows past this.
-const WAL_SEGMENT_LIMIT: u64 = 256 << 20;
 /// Batches a scan decodes ahead of its consumer.
 const SCAN_READ_AHEAD: usize = 4;
+/// Frozen heads that may wait to be folded before writes slow down.
+pub const MAX_FROZEN_HEADS: usize = 2;
+/// How soon a fold that failed (a full disk) is tried again.
+const RETRY_FOLD_AFTER: Duration = Duration::from_secs(1);
 
 /// Tuning of the embedded store. The defaults suit a server.
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
-    /// Points held in memory before they are folded into blocks. Bounds the
-    /// head's memory (about 40 bytes a point) and the replay time after a crash.
+    /// Points held in the active head before it is frozen and folded into
+    /// blocks. Bounds the heads' memory (about 50 bytes a point, up to three
+    /// heads) and the replay time after a crash.
     pub head_flush_points: usize,
+    /// A head is also frozen when its WAL segment grows past this.
+    pub wal_segment_bytes: u64,
     /// redb's page cache. Kept small: scans read each page once, and the
     /// kernel's page cache already holds hot files.
     pub cache_bytes: usize,
+    /// Injected I/O faults, for tests; none in production.
+    pub faults: Faults,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             head_flush_points: 256 * 1024,
+            wal_segment_bytes: 256 << 20,
             cache_bytes: 32 << 20,
+            faults: Faults::default(),
         }
     }
 }
@@ -89,59 +111,165 @@ impl Default for EmbeddedOptions {
 /// The embedded store. Cheap to share: wrap it in an `Arc`.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Inner {
-    db: Database,
-    /// Serialises WAL appends, checkpoints and imports: one writer at a time
-    /// keeps the WAL order equal to the order writes are applied.
-    writer: Mutex<Writer>,
-    /// What scans and lookups read; written only briefly by the writer.
+    dir: PathBuf,
+    blocks: Blocks,
+    /// Serialises WAL appends, so the WAL order is the order versions are
+    /// handed out and writes applied.
+    wal: Mutex<WalState>,
+    /// What scans and lookups read; written only briefly.
     memory: RwLock<Memory>,
+    /// Serialises redb write transactions: folds and import commits.
+    block_writer: Mutex<()>,
+    signal: Arc<Signal>,
+    health: HealthState,
     options: EmbeddedOptions,
     /// Held for the store's lifetime: the OS releases it if the process dies.
     _lock: File,
 }
 
-struct Writer {
-    wal: WalWriter,
-    wal_dir: PathBuf,
-    /// Set when the WAL could not be written: what is on disk is then
-    /// unknown, so further writes are refused rather than risk acknowledging
-    /// a write that is not durable (PostgreSQL's fsync lesson).
-    failed: bool,
+struct WalState {
+    writer: WalWriter,
+    /// The version the next direct write gets.
+    next_version: u64,
     closed: bool,
 }
 
 #[derive(Default)]
 struct Memory {
-    sensors: BTreeMap<SensorId, SensorState>,
-    /// Points in all heads.
-    head_points: usize,
+    /// Every known sensor and its key in the blocks.
+    keys: HashMap<SensorId, u32>,
     next_key: u32,
+    active: Head,
+    /// Heads waiting to be folded, oldest first.
+    frozen: VecDeque<Arc<Frozen>>,
 }
 
-struct SensorState {
-    key: u32,
-    /// What is in blocks; `None` until the first checkpoint or import.
-    stored: Option<Stats>,
-    /// Points written since the last checkpoint: timestamp → (value, quality).
-    head: BTreeMap<i64, (f64, u8)>,
+/// A head that takes no more writes, waiting to be folded into blocks.
+struct Frozen {
+    head: Head,
+    /// The newest WAL segment whose records it holds: once it is in blocks,
+    /// that segment and older ones can go.
+    wal_seq: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stats {
-    count: u64,
-    first: i64,
-    last: i64,
+/// Wakes the background fold and those who wait for it.
+#[derive(Default)]
+struct Signal {
+    state: Mutex<SignalState>,
+    /// A head was frozen, or the store is stopping.
+    work: Condvar,
+    /// A fold finished (or failed): writers held back may go on.
+    progress: Condvar,
 }
 
-fn backend(error: impl Display) -> StorageError {
-    StorageError::Backend(error.to_string())
+#[derive(Default)]
+struct SignalState {
+    /// A head was frozen since the fold last looked.
+    pending: bool,
+    stopping: bool,
 }
 
-fn corrupt(error: codec::CodecError) -> StorageError {
-    StorageError::Corrupt(error.to_string())
+impl Signal {
+    fn lock(&self) -> MutexGuard<'_, SignalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stop(&self) {
+        self.lock().stopping = true;
+        self.work.notify_all();
+        self.progress.notify_all();
+    }
+
+    fn wake_fold(&self) {
+        self.lock().pending = true;
+        self.work.notify_all();
+    }
+}
+
+/// What probes see, with each change of state logged once.
+struct HealthState {
+    wal_full: AtomicBool,
+    blocks_full: AtomicBool,
+    failed: Mutex<Option<String>>,
+    reported: Mutex<StoreHealth>,
+}
+
+impl HealthState {
+    fn new() -> Self {
+        Self {
+            wal_full: AtomicBool::new(false),
+            blocks_full: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            reported: Mutex::new(StoreHealth::Ok),
+        }
+    }
+
+    fn current(&self) -> StoreHealth {
+        if let Some(reason) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return StoreHealth::Failed(reason);
+        }
+        if self.wal_full.load(Ordering::Acquire) || self.blocks_full.load(Ordering::Acquire) {
+            return StoreHealth::Degraded(
+                "no space left on the data directory's disk: writes are refused until space is freed"
+                    .into(),
+            );
+        }
+        StoreHealth::Ok
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_wal_full(&self, full: bool) {
+        if self.wal_full.swap(full, Ordering::AcqRel) != full {
+            self.report();
+        }
+    }
+
+    fn set_blocks_full(&self, full: bool) {
+        if self.blocks_full.swap(full, Ordering::AcqRel) != full {
+            self.report();
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            if failed.is_some() {
+                return;
+            }
+            *failed = Some(reason);
+        }
+        self.report();
+    }
+
+    /// Logs the state if it changed since the last report.
+    fn report(&self) {
+        let now = self.current();
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        if *reported == now {
+            return;
+        }
+        match &now {
+            StoreHealth::Ok => tracing::info!("store healthy again: writes are accepted"),
+            StoreHealth::Degraded(reason) => tracing::warn!(%reason, "store degraded"),
+            StoreHealth::Failed(reason) => tracing::error!(%reason, "store failed"),
+        }
+        *reported = now;
+    }
 }
 
 fn join_error(error: tokio::task::JoinError) -> StorageError {
@@ -151,8 +279,10 @@ fn join_error(error: tokio::task::JoinError) -> StorageError {
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`, replaying the WAL.
     ///
-    /// Fails with [`StorageError::Locked`] when another process has it open.
-    /// Blocking: call it from a blocking context.
+    /// Fails with [`StorageError::Locked`] when another process has it open,
+    /// and with [`StorageError::Corrupt`] naming the segment and offset when
+    /// the WAL is damaged (not merely torn at its end); `engine repair` then
+    /// recovers what is intact. Blocking: call it from a blocking context.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         Self::open_with(dir, EmbeddedOptions::default())
     }
@@ -167,89 +297,175 @@ impl EmbeddedStore {
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_directory(dir)?;
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(dir.join("blocks.redb"))
-            .map_err(backend)?;
-        let txn = db.begin_write().map_err(backend)?;
-        txn.open_table(BLOCKS).map_err(backend)?;
-        txn.open_table(SUMMARIES).map_err(backend)?;
-        txn.open_table(SENSORS).map_err(backend)?;
-        txn.open_table(META).map_err(backend)?;
-        txn.commit().map_err(backend)?;
+        staging::clear(&dir.join("staging"))?;
+        let blocks = Blocks::open(
+            &dir.join("blocks.redb"),
+            options.cache_bytes,
+            options.faults.clone(),
+        )?;
 
         let mut memory = Memory::default();
-        let checkpoint;
-        {
-            let txn = db.begin_read().map_err(backend)?;
-            let meta = txn.open_table(META).map_err(backend)?;
-            let meta_value = |name| -> Result<u64, StorageError> {
-                Ok(meta
-                    .get(name)
-                    .map_err(backend)?
-                    .map_or(0, |guard| guard.value()))
-            };
-            checkpoint = meta_value(META_CHECKPOINT)?;
-            memory.next_key = u32::try_from(meta_value(META_NEXT_KEY)?)
+        let (checkpoint, last_version) = {
+            let txn = blocks.begin_read()?;
+            memory.next_key = u32::try_from(blocks::meta_value(&txn, blocks::META_NEXT_KEY)?)
                 .map_err(|_| StorageError::Corrupt("sensor key counter out of range".into()))?;
-            let sensors = txn.open_table(SENSORS).map_err(backend)?;
-            for entry in sensors.iter().map_err(backend)? {
-                let (id, value) = entry.map_err(backend)?;
-                let sensor_id = SensorId::new(id.value()).map_err(|e| {
-                    StorageError::Corrupt(format!("stored sensor id {:?}: {e}", id.value()))
-                })?;
-                let (key, count, first, last) = value.value();
-                memory.sensors.insert(
-                    sensor_id,
-                    SensorState {
-                        key,
-                        stored: Some(Stats { count, first, last }),
-                        head: BTreeMap::new(),
-                    },
+            for (sensor_id, stats) in blocks::all_stats(&txn)? {
+                memory.keys.insert(sensor_id, stats.key);
+            }
+            (
+                blocks::meta_value(&txn, blocks::META_CHECKPOINT)?,
+                blocks::meta_value(&txn, blocks::META_LAST_VERSION)?,
+            )
+        };
+
+        // Replay what the blocks do not hold yet.
+        let wal_dir = dir.join("wal");
+        let segments = wal::list_segments(&wal_dir)?;
+        let newest = segments
+            .last()
+            .map_or(checkpoint, |(seq, _)| (*seq).max(checkpoint));
+        let mut next_version = last_version.max(FIRST_DIRECT_VERSION) + 1;
+        let mut replayed = Head::default();
+        for (seq, path) in &segments {
+            if *seq <= checkpoint {
+                continue;
+            }
+            let contents = wal::read_segment(path, *seq == newest).map_err(wal_open_error)?;
+            for record in &contents.records {
+                let version = record.version.unwrap_or(next_version);
+                next_version = next_version.max(version + 1);
+                memory.register(record);
+                replayed.apply(record, version);
+            }
+            if contents.torn_bytes > 0 {
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = contents.torn_bytes,
+                    "dropped a torn WAL tail (a write cut short by a crash, never acknowledged)"
                 );
+                wal::truncate_torn_tail(path, contents.intact_len)?;
             }
         }
+        let writer = WalWriter::create(&wal_dir, newest + 1, options.faults.clone())
+            .map_err(|e| wal_error(e, &HealthState::new()))?;
+        if replayed.is_empty() {
+            delete_segments_up_to(&wal_dir, newest);
+        } else {
+            memory.frozen.push_back(Arc::new(Frozen {
+                head: replayed,
+                wal_seq: newest,
+            }));
+        }
 
+        let signal = Arc::new(Signal::default());
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            blocks,
+            wal: Mutex::new(WalState {
+                writer,
+                next_version,
+                closed: false,
+            }),
+            memory: RwLock::new(memory),
+            block_writer: Mutex::new(()),
+            signal: Arc::clone(&signal),
+            health: HealthState::new(),
+            options,
+            _lock: lock,
+        });
+        // Fold the replayed head now: recovery is then finished. On a full
+        // disk the store opens anyway and the fold is retried.
+        if let Err(error) = inner.fold_all() {
+            if !error.is_transient() {
+                return Err(error);
+            }
+            tracing::warn!(%error, "could not fold the replayed WAL yet; will retry");
+        }
+        let checkpointer = spawn_checkpointer(Arc::downgrade(&inner), signal)?;
+        Ok(Self {
+            inner,
+            checkpointer: Mutex::new(Some(checkpointer)),
+        })
+    }
+
+    /// Repairs a damaged WAL in `dir` (the store must not be open): every
+    /// segment the next open would refuse is rewritten with its intact
+    /// records, the original moved to `wal/damaged/`. Returns one report per
+    /// repaired segment (none when nothing was damaged).
+    pub fn repair(dir: &Path) -> Result<Vec<RepairReport>, StorageError> {
+        let _lock = lock_directory(dir)?;
+        let checkpoint = {
+            let blocks = Blocks::open(&dir.join("blocks.redb"), 1 << 20, Faults::default())?;
+            let txn = blocks.begin_read()?;
+            blocks::meta_value(&txn, blocks::META_CHECKPOINT)?
+        };
         let wal_dir = dir.join("wal");
-        let mut last_seq = checkpoint;
-        for (seq, path) in wal::list_segments(&wal_dir)? {
-            last_seq = last_seq.max(seq);
+        let segments = wal::list_segments(&wal_dir)?;
+        let newest = segments.last().map_or(0, |(seq, _)| *seq);
+        let mut reports = Vec::new();
+        for (seq, path) in segments {
             if seq <= checkpoint {
                 continue;
             }
-            let contents = wal::read_segment(&path)?;
-            if contents.discarded_bytes > 0 {
-                tracing::warn!(
-                    segment = %path.display(),
-                    bytes = contents.discarded_bytes,
-                    "discarded a torn or damaged WAL tail (unacknowledged writes)"
+            if let Err(WalError::Damaged { .. }) = wal::read_segment(&path, seq == newest) {
+                reports.push(
+                    wal::repair_segment(&path).map_err(|e| wal_error(e, &HealthState::new()))?,
                 );
             }
-            for groups in contents.records {
-                memory.apply(groups);
-            }
         }
+        Ok(reports)
+    }
 
-        let store = Self {
-            inner: Arc::new(Inner {
-                db,
-                writer: Mutex::new(Writer {
-                    wal: WalWriter::create(&wal_dir, last_seq + 1)?,
-                    wal_dir,
-                    failed: false,
-                    closed: false,
-                }),
-                memory: RwLock::new(memory),
-                options,
-                _lock: lock,
-            }),
-        };
-        // Fold the replayed head into blocks now: recovery is then finished,
-        // and old segments (with any torn tail) are gone.
-        let mut writer = store.inner.lock_writer()?;
-        store.inner.checkpoint(&mut writer)?;
-        drop(writer);
-        Ok(store)
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn stop_checkpointer(&self) {
+        self.inner.signal.stop();
+        let handle = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Without `close`, what is not folded stays in the WAL for the next
+        // open; the thread must not keep the store (and its lock) alive.
+        self.stop_checkpointer();
+    }
+}
+
+fn wal_open_error(error: WalError) -> StorageError {
+    match error {
+        damaged @ WalError::Damaged { .. } => StorageError::Corrupt(damaged.to_string()),
+        other => wal_error(other, &HealthState::new()),
+    }
+}
+
+/// Maps a WAL failure, recording what it means for the store's health.
+fn wal_error(error: WalError, health: &HealthState) -> StorageError {
+    match error {
+        WalError::Full(e) => {
+            health.set_wal_full(true);
+            StorageError::Full(e.to_string())
+        }
+        WalError::Failed(e) => {
+            let reason = format!("the write-ahead log could not be written: {e}");
+            health.fail(reason.clone());
+            StorageError::Failed(reason)
+        }
+        WalError::Damaged { .. } => StorageError::Corrupt(error.to_string()),
+        WalError::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            StorageError::InvalidInput(e.to_string())
+        }
+        WalError::Io(e) => StorageError::Io(e),
     }
 }
 
@@ -275,48 +491,110 @@ fn lock_directory(dir: &Path) -> Result<File, StorageError> {
     Ok(file)
 }
 
-impl Memory {
-    /// Applies one WAL record's groups to the heads.
-    fn apply(&mut self, groups: Vec<Group>) {
-        for (sensor_id, points) in groups {
-            let next_key = &mut self.next_key;
-            let state = self.sensors.entry(sensor_id).or_insert_with(|| {
-                let key = *next_key;
-                *next_key += 1;
-                SensorState {
-                    key,
-                    stored: None,
-                    head: BTreeMap::new(),
-                }
-            });
-            for p in points {
-                if state
-                    .head
-                    .insert(p.timestamp_ms, (p.value, p.quality))
-                    .is_none()
+fn delete_segments_up_to(wal_dir: &Path, seq: u64) {
+    match wal::list_segments(wal_dir) {
+        Ok(segments) => {
+            for (old, path) in segments {
+                if old <= seq
+                    && let Err(error) = std::fs::remove_file(&path)
                 {
-                    self.head_points += 1;
+                    tracing::warn!(%error, segment = %path.display(), "could not delete a folded WAL segment");
                 }
             }
         }
+        Err(error) => tracing::warn!(%error, "could not list WAL segments"),
+    }
+}
+
+/// Starts the background fold. It holds the store weakly, so dropping the
+/// store ends it.
+fn spawn_checkpointer(
+    inner: Weak<Inner>,
+    signal: Arc<Signal>,
+) -> Result<std::thread::JoinHandle<()>, StorageError> {
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            loop {
+                {
+                    let Some(store) = inner.upgrade() else { return };
+                    loop {
+                        match store.fold_oldest() {
+                            Ok(true) => continue,
+                            Ok(false) => {}
+                            // Logged by the health state when it matters
+                            // (a full disk, a failure); retried below.
+                            Err(error) => tracing::debug!(%error, "fold failed"),
+                        }
+                        break;
+                    }
+                    if store.health.failure().is_some() {
+                        return;
+                    }
+                }
+                let mut state = signal.lock();
+                if !state.pending && !state.stopping {
+                    // Woken by a freeze; or, after a timeout, retrying a
+                    // fold that failed.
+                    state = signal
+                        .work
+                        .wait_timeout(state, RETRY_FOLD_AFTER)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                state.pending = false;
+                if state.stopping {
+                    return;
+                }
+            }
+        })
+        .map_err(StorageError::Io)
+}
+
+impl Memory {
+    /// Gives every sensor of a record a key.
+    fn register(&mut self, record: &Record) {
+        for group in &record.groups {
+            self.key_of(&group.sensor_id);
+        }
+    }
+
+    fn key_of(&mut self, sensor_id: &SensorId) -> u32 {
+        if let Some(&key) = self.keys.get(sensor_id) {
+            return key;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        self.keys.insert(sensor_id.clone(), key);
+        key
+    }
+
+    fn heads(&self) -> impl Iterator<Item = &Head> {
+        self.frozen
+            .iter()
+            .map(|frozen| &frozen.head)
+            .chain(std::iter::once(&self.active))
+    }
+
+    /// The heads' points of one sensor in range, merged.
+    fn head_points(&self, sensor_id: &SensorId, range: TimeRange) -> Vec<Versioned> {
+        merge_heads(self.heads(), sensor_id, range)
     }
 }
 
 impl Inner {
-    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, StorageError> {
-        let writer = self
-            .writer
+    fn lock_wal(&self) -> Result<MutexGuard<'_, WalState>, StorageError> {
+        let wal = self
+            .wal
             .lock()
             .map_err(|_| StorageError::Backend("a writer panicked".into()))?;
-        if writer.closed {
+        if wal.closed {
             return Err(StorageError::Closed);
         }
-        if writer.failed {
-            return Err(StorageError::Failed(
-                "an earlier write could not reach the disk; restart the engine to recover".into(),
-            ));
+        if let Some(reason) = self.health.failure() {
+            return Err(StorageError::Failed(reason));
         }
-        Ok(writer)
+        Ok(wal)
     }
 
     fn read_memory(&self) -> std::sync::RwLockReadGuard<'_, Memory> {
@@ -337,107 +615,262 @@ impl Inner {
                     sample.sensor_id.as_str()
                 ))
             })?;
+            if let Some(seq) = sample.seq
+                && !(1..=MAX_STREAM_SEQ).contains(&seq)
+            {
+                return Err(StorageError::InvalidInput(format!(
+                    "sensor {:?}: stream sequence {seq} is outside 1 to {MAX_STREAM_SEQ}",
+                    sample.sensor_id.as_str()
+                )));
+            }
         }
         if samples.is_empty() {
             return Ok(());
         }
-        let groups = group_by_sensor(samples);
-        let mut writer = self.lock_writer()?;
-        if let Err(e) = writer.wal.append(&groups) {
-            writer.failed = true;
-            return Err(e.into());
-        }
-        let head_points = {
-            let mut memory = self.write_memory();
-            memory.apply(groups);
-            memory.head_points
-        };
-        if head_points >= self.options.head_flush_points || writer.wal.len() >= WAL_SEGMENT_LIMIT {
-            // The write is durable in the WAL already; a failed checkpoint
-            // only delays folding, so it is logged, not returned.
-            if let Err(e) = self.checkpoint(&mut writer) {
-                tracing::error!(error = %e, "checkpoint failed; will retry on the next write");
-            }
-        }
-        Ok(())
-    }
-
-    /// Folds every head into blocks, records the WAL position it covers, and
-    /// starts a new WAL segment. Called with the writer lock held.
-    fn checkpoint(&self, writer: &mut Writer) -> Result<(), StorageError> {
-        let seq = writer.wal.seq();
-        let (work, next_key) = {
-            let memory = self.read_memory();
-            let work: Vec<(SensorId, u32, Option<Stats>, Vec<Point>)> = memory
-                .sensors
-                .iter()
-                .filter(|(_, state)| !state.head.is_empty())
-                .map(|(id, state)| {
-                    let points = state
-                        .head
-                        .iter()
-                        .map(|(&timestamp_ms, &(value, quality))| Point {
-                            timestamp_ms,
-                            value,
-                            quality,
-                        })
-                        .collect();
-                    (id.clone(), state.key, state.stored, points)
-                })
-                .collect();
-            (work, memory.next_key)
-        };
-
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        // Records the allocator state with each commit, so reopening after a
-        // crash needs no full-file repair scan.
-        txn.set_quick_repair(true);
-        let mut updated = Vec::with_capacity(work.len());
-        {
-            let mut blocks = BlockTables::open(&txn)?;
-            let mut sensors = txn.open_table(SENSORS).map_err(backend)?;
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            for (sensor_id, key, stored, points) in work {
-                let added = merge_into_blocks(&mut blocks, key, &points)?;
-                let stats = combine(stored, added, &points);
-                sensors
-                    .insert(
-                        sensor_id.as_str(),
-                        (key, stats.count, stats.first, stats.last),
-                    )
-                    .map_err(backend)?;
-                updated.push((sensor_id, stats));
-            }
-            meta.insert(META_CHECKPOINT, seq).map_err(backend)?;
-            meta.insert(META_NEXT_KEY, u64::from(next_key))
-                .map_err(backend)?;
-        }
-        txn.commit().map_err(backend)?;
-
-        {
-            let mut memory = self.write_memory();
-            for (sensor_id, stats) in updated {
-                if let Some(state) = memory.sensors.get_mut(&sensor_id) {
-                    state.stored = Some(stats);
-                    state.head.clear();
+        self.hold_back_writes()?;
+        let mut groups = group_by_sensor(samples);
+        let mut wal = self.lock_wal()?;
+        let version = wal.next_version;
+        for group in &mut groups {
+            if let Some(seqs) = &mut group.seqs {
+                // Direct points in a group that also has stream points.
+                for seq in seqs.iter_mut().filter(|seq| **seq == 0) {
+                    *seq = version;
                 }
             }
-            memory.head_points = 0;
         }
-        if let Err(e) = writer.wal.rotate() {
-            writer.failed = true;
-            return Err(e.into());
-        }
-        for (old_seq, path) in wal::list_segments(&writer.wal_dir)? {
-            if old_seq <= seq {
-                std::fs::remove_file(path)?;
+        let record = Record {
+            version: Some(version),
+            groups,
+        };
+        wal.writer
+            .append(&record)
+            .map_err(|e| wal_error(e, &self.health))?;
+        self.health.set_wal_full(false);
+        wal.next_version += 1;
+        let (head_points, frozen) = {
+            let mut memory = self.write_memory();
+            memory.register(&record);
+            memory.active.apply(&record, version);
+            (memory.active.points(), memory.frozen.len())
+        };
+        if frozen < MAX_FROZEN_HEADS
+            && (head_points >= self.options.head_flush_points
+                || wal.writer.len() >= self.options.wal_segment_bytes)
+        {
+            // The write is durable already; a failed freeze only delays it.
+            if let Err(error) = self.freeze(&mut wal) {
+                tracing::debug!(%error, "could not freeze the head yet");
             }
         }
         Ok(())
     }
 
-    /// Takes a consistent snapshot for a scan: the head's points in range and
-    /// a redb read transaction, under one lock.
+    /// Backpressure: while two frozen heads wait and the active head is past
+    /// its limit, each write is delayed a little more the fuller it gets; at
+    /// twice the limit writes wait for a fold (or, when folds fail for lack
+    /// of space, are refused as the disk is full).
+    fn hold_back_writes(&self) -> Result<(), StorageError> {
+        let limit = self.options.head_flush_points.max(1);
+        let started = std::time::Instant::now();
+        loop {
+            let (active, frozen) = {
+                let memory = self.read_memory();
+                (memory.active.points(), memory.frozen.len())
+            };
+            if frozen < MAX_FROZEN_HEADS || active < limit {
+                return Ok(());
+            }
+            if active < 2 * limit {
+                let excess = (active - limit) as u64;
+                std::thread::sleep(Duration::from_micros(excess * 10_000 / limit as u64));
+                return Ok(());
+            }
+            if let Some(reason) = self.health.failure() {
+                return Err(StorageError::Failed(reason));
+            }
+            // Folds failing for lack of space: ask for a retry now (there
+            // may be room again) and refuse only if it does not get through.
+            if let StoreHealth::Degraded(reason) = self.health.current() {
+                if started.elapsed() > 2 * RETRY_FOLD_AFTER {
+                    return Err(StorageError::Full(reason));
+                }
+                self.signal.wake_fold();
+            }
+            let state = self.signal.lock();
+            if state.stopping {
+                return Err(StorageError::Closed);
+            }
+            let _ = self
+                .signal
+                .progress
+                .wait_timeout(state, Duration::from_millis(100));
+        }
+    }
+
+    /// Freezes the active head: the WAL moves to a new segment, so the head
+    /// holds exactly the records of the segments up to the old one.
+    fn freeze(&self, wal: &mut WalState) -> Result<(), StorageError> {
+        let covers = wal.writer.seq();
+        wal.writer
+            .rotate()
+            .map_err(|e| wal_error(e, &self.health))?;
+        {
+            let mut memory = self.write_memory();
+            let head = std::mem::take(&mut memory.active);
+            if head.is_empty() {
+                return Ok(());
+            }
+            memory.frozen.push_back(Arc::new(Frozen {
+                head,
+                wal_seq: covers,
+            }));
+        }
+        self.signal.wake_fold();
+        Ok(())
+    }
+
+    /// Folds frozen heads until none is left (at open and close).
+    fn fold_all(&self) -> Result<(), StorageError> {
+        while self.fold_oldest()? {}
+        Ok(())
+    }
+
+    /// Folds the oldest frozen head into blocks; `false` when there is none.
+    fn fold_oldest(&self) -> Result<bool, StorageError> {
+        let _block_writer = self.block_writer.lock().unwrap_or_else(|e| e.into_inner());
+        let (frozen, keys, next_key) = {
+            let memory = self.read_memory();
+            let Some(frozen) = memory.frozen.front().cloned() else {
+                return Ok(false);
+            };
+            let keys: Vec<(SensorId, u32)> = frozen
+                .head
+                .sensor_ids()
+                .map(|id| (id.clone(), memory.keys.get(id).copied().unwrap_or(u32::MAX)))
+                .collect();
+            (frozen, keys, memory.next_key)
+        };
+        let result = self.commit_blocks(frozen.head.points(), |tables| {
+            for (sensor_id, key) in &keys {
+                let points = frozen.head.sensor_points(sensor_id);
+                tables.merge_sensor(sensor_id, *key, &points)?;
+            }
+            tables.raise_meta(blocks::META_CHECKPOINT, frozen.wal_seq)?;
+            tables.raise_meta(blocks::META_NEXT_KEY, u64::from(next_key))?;
+            tables.raise_meta(blocks::META_LAST_VERSION, frozen.head.max_version())?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                {
+                    let mut memory = self.write_memory();
+                    if memory
+                        .frozen
+                        .front()
+                        .is_some_and(|front| Arc::ptr_eq(front, &frozen))
+                    {
+                        memory.frozen.pop_front();
+                    }
+                }
+                drop(self.signal.lock());
+                self.signal.progress.notify_all();
+                delete_segments_up_to(&self.dir.join("wal"), frozen.wal_seq);
+                Ok(true)
+            }
+            Err(error) => {
+                self.signal.progress.notify_all();
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs one redb write transaction over the block tables, expecting it
+    /// to add about `points` points, and turns a failure into what it means
+    /// for the store: a full disk is waited out (the database is reopened at
+    /// its last commit), anything else at the disk is fatal.
+    fn commit_blocks(
+        &self,
+        points: usize,
+        work: impl FnOnce(&mut BlockTables<'_>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        // A transaction that surely cannot fit is not started: redb would
+        // have to be reopened after it failed, which ends running scans.
+        // (Blocks take 1 to 9 bytes a point; the tree pages redb copies on
+        // write add little.) A looser guess only costs that reopen.
+        let needed = points as u64 * 12 + (256 << 10);
+        if let Some(free) = io::free_bytes(&self.dir)
+            && free < needed
+        {
+            self.health.set_blocks_full(true);
+            return Err(StorageError::Full(format!(
+                "{free} bytes free, a fold needs up to {needed}"
+            )));
+        }
+        // Each commit raises a counter, so that after a failed commit the
+        // reopened database tells whether it landed after all (a write can
+        // fail after redb's header already reached the file).
+        let mut commit_id = 0;
+        let attempt = || -> Result<(), StorageError> {
+            let txn = self.blocks.begin_write()?;
+            {
+                let mut tables = BlockTables::open(&txn)?;
+                work(&mut tables)?;
+                commit_id = tables.meta(blocks::META_COMMITS)? + 1;
+                tables.raise_meta(blocks::META_COMMITS, commit_id)?;
+            }
+            txn.commit().map_err(blocks::backend)
+        };
+        let error = match attempt() {
+            Ok(()) => {
+                self.health.set_blocks_full(false);
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        let failures = self.blocks.failures();
+        if failures.fatal() {
+            // What reached the disk is unknown: this commit may or may not
+            // be found after a restart, as with any database whose fsync
+            // failed mid-commit. Nothing is accepted after it.
+            let reason = format!(
+                "blocks.redb could not be written ({error}); whether the write in flight was \
+                 stored is known only after a restart"
+            );
+            self.health.fail(reason.clone());
+            return Err(StorageError::Failed(reason));
+        }
+        if !failures.disk_full() {
+            return Err(error);
+        }
+        self.health.set_blocks_full(true);
+        if let Err(reopen) = self.blocks.reopen() {
+            // Until it reopens, nothing reads it; the outcome is settled then.
+            tracing::warn!(error = %reopen, "could not reopen blocks.redb yet");
+            return Err(StorageError::Full(error.to_string()));
+        }
+        let landed = commit_id > 0
+            && self
+                .blocks
+                .begin_read()
+                .and_then(|txn| blocks::meta_value(&txn, blocks::META_COMMITS))
+                .is_ok_and(|commits| commits == commit_id);
+        if landed {
+            self.health.set_blocks_full(false);
+            Ok(())
+        } else {
+            Err(StorageError::Full(error.to_string()))
+        }
+    }
+
+    /// Takes a consistent snapshot for a scan: the heads' points in range
+    /// and a redb read transaction.
+    ///
+    /// Consistent without holding the memory lock while the transaction
+    /// begins: a fold commits before it drops its head from memory, so a
+    /// snapshot that misses the head begins its transaction after the
+    /// commit; one that has both sees some points twice, and the version
+    /// rule makes that harmless.
     fn scan_snapshot(
         &self,
         sensor_id: &SensorId,
@@ -446,520 +879,206 @@ impl Inner {
         if range.is_empty() {
             return Ok(None);
         }
-        let memory = self.read_memory();
-        let Some(state) = memory.sensors.get(sensor_id) else {
-            return Ok(None);
-        };
-        let head = state
-            .head
-            .range(range.start_ms..range.end_ms)
-            .map(|(&timestamp_ms, &(value, quality))| Point {
-                timestamp_ms,
-                value,
-                quality,
-            })
-            .collect();
-        let txn = match state.stored {
-            Some(_) => Some(self.db.begin_read().map_err(backend)?),
-            None => None,
+        let (key, head) = {
+            let memory = self.read_memory();
+            let Some(&key) = memory.keys.get(sensor_id) else {
+                return Ok(None);
+            };
+            (key, memory.head_points(sensor_id, range))
         };
         Ok(Some(ScanSnapshot {
-            key: state.key,
+            key,
             range,
             head,
-            txn,
+            txn: self.blocks.begin_read()?,
         }))
     }
 
-    fn sensor_info(
-        &self,
-        sensor_id: &SensorId,
-        state: &SensorState,
-    ) -> Result<SensorInfo, StorageError> {
-        let info = |stats: Stats| SensorInfo {
-            sensor_id: sensor_id.clone(),
-            count: stats.count,
-            first_timestamp_ms: stats.first,
-            last_timestamp_ms: stats.last,
+    /// Count and span of the given sensors (every known one when `None`),
+    /// ordered by id.
+    fn sensor_infos(&self, only: Option<&SensorId>) -> Result<Vec<SensorInfo>, StorageError> {
+        let heads: BTreeMap<SensorId, Vec<i64>> = {
+            let memory = self.read_memory();
+            let ids: Vec<&SensorId> = match only {
+                Some(id) => memory
+                    .keys
+                    .get_key_value(id)
+                    .map(|(id, _)| id)
+                    .into_iter()
+                    .collect(),
+                None => memory.keys.keys().collect(),
+            };
+            ids.into_iter()
+                .map(|id| {
+                    let timestamps = memory
+                        .head_points(id, TimeRange::ALL)
+                        .iter()
+                        .map(|v| v.point.timestamp_ms)
+                        .collect();
+                    (id.clone(), timestamps)
+                })
+                .collect()
         };
-        let head_first = state.head.first_key_value().map(|(&ts, _)| ts);
-        let head_last = state.head.last_key_value().map(|(&ts, _)| ts);
-        let (Some(head_first), Some(head_last)) = (head_first, head_last) else {
-            return state.stored.map(info).ok_or_else(|| {
-                StorageError::Corrupt(format!("sensor {sensor_id:?} has no points"))
-            });
-        };
-        let Some(stored) = state.stored else {
-            return Ok(info(Stats {
-                count: state.head.len() as u64,
-                first: head_first,
-                last: head_last,
-            }));
-        };
-        // Head points outside the stored span are new; inside it, look them up.
-        let overlapping: Vec<i64> = state
-            .head
-            .range(stored.first..=stored.last)
-            .map(|(&ts, _)| ts)
-            .collect();
-        let replaced = if overlapping.is_empty() {
-            0
-        } else {
-            let txn = self.db.begin_read().map_err(backend)?;
-            count_stored(&txn, state.key, &overlapping)?
-        };
-        Ok(info(Stats {
-            count: stored.count + state.head.len() as u64 - replaced,
-            first: stored.first.min(head_first),
-            last: stored.last.max(head_last),
-        }))
+        let txn = self.blocks.begin_read()?;
+        let mut infos = Vec::with_capacity(heads.len());
+        for (sensor_id, head) in heads {
+            let stats = blocks::stats_of(&txn, &sensor_id)?;
+            let info = match (stats, head.first(), head.last()) {
+                (None, None, _) | (None, _, None) => continue,
+                (Some(stats), None, _) | (Some(stats), _, None) => SensorInfo {
+                    sensor_id,
+                    count: stats.count,
+                    first_timestamp_ms: stats.first,
+                    last_timestamp_ms: stats.last,
+                },
+                (None, Some(&first), Some(&last)) => SensorInfo {
+                    sensor_id,
+                    count: head.len() as u64,
+                    first_timestamp_ms: first,
+                    last_timestamp_ms: last,
+                },
+                (Some(stats), Some(&first), Some(&last)) => {
+                    // Head points outside the stored span are new; inside
+                    // it, look them up.
+                    let from = head.partition_point(|&ts| ts < stats.first);
+                    let to = head.partition_point(|&ts| ts <= stats.last);
+                    let replaced = blocks::count_stored(&txn, stats.key, &head[from..to])?;
+                    SensorInfo {
+                        sensor_id,
+                        count: stats.count + head.len() as u64 - replaced,
+                        first_timestamp_ms: stats.first.min(first),
+                        last_timestamp_ms: stats.last.max(last),
+                    }
+                }
+            };
+            infos.push(info);
+        }
+        Ok(infos)
     }
 
+    /// Stages an import from `batches`, then merges it into the blocks in
+    /// one transaction. Nothing of it is visible before the commit.
     fn import(
         &self,
         sensor_id: &SensorId,
         mut batches: tokio::sync::mpsc::Receiver<ImportMessage>,
     ) -> Result<ImportSummary, StorageError> {
-        let mut writer = self.lock_writer()?;
-        // Fold the head first, so the import lands after every earlier write
-        // (the later write wins) and the blocks are the only copy to merge into.
-        if self.read_memory().head_points > 0 {
-            self.checkpoint(&mut writer)?;
+        if let Some(reason) = self.health.failure() {
+            return Err(StorageError::Failed(reason));
         }
-        let (key, stored, is_new) = {
-            let memory = self.read_memory();
-            match memory.sensors.get(sensor_id) {
-                Some(state) => (state.key, state.stored, false),
-                None => (memory.next_key, None, true),
-            }
-        };
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_quick_repair(true);
-        let mut points_read = 0u64;
-        let mut stats = stored;
-        {
-            let mut blocks = BlockTables::open(&txn)?;
-            loop {
-                let batch = match batches.blocking_recv() {
-                    Some(ImportMessage::Batch(batch)) => batch,
-                    Some(ImportMessage::Commit) => break,
-                    // The source failed; its error is reported by the caller.
-                    None => return Err(StorageError::InvalidInput("import aborted".into())),
-                };
-                points_read += batch.len() as u64;
-                let points = sorted_unique(batch)?;
-                let added = merge_into_blocks(&mut blocks, key, &points)?;
-                stats = Some(combine(stats, added, &points));
+        let mut staged =
+            StagingFile::create(&self.dir.join("staging"), self.options.faults.clone())?;
+        loop {
+            match batches.blocking_recv() {
+                Some(ImportMessage::Batch(batch)) => {
+                    for &ts in &batch.timestamps {
+                        check_timestamp(ts)
+                            .map_err(|e| StorageError::InvalidInput(format!("timestamp_ms {e}")))?;
+                    }
+                    staged.append(&batch)?;
+                }
+                Some(ImportMessage::Commit) => break,
+                // The source failed; its error is reported by the caller.
+                None => return Err(StorageError::InvalidInput("import aborted".into())),
             }
         }
-        let Some(stats) = stats.filter(|_| points_read > 0) else {
+        let points_read = staged.points();
+        if points_read == 0 {
             return Ok(ImportSummary { points: 0 });
+        }
+
+        let _block_writer = self.block_writer.lock().unwrap_or_else(|e| e.into_inner());
+        // The import's version: above every write acknowledged before this
+        // moment, below every write after it.
+        let version = {
+            let mut wal = self.lock_wal()?;
+            let version = wal.next_version;
+            wal.next_version += 1;
+            version
         };
-        {
-            let mut sensors = txn.open_table(SENSORS).map_err(backend)?;
-            sensors
-                .insert(
-                    sensor_id.as_str(),
-                    (key, stats.count, stats.first, stats.last),
-                )
-                .map_err(backend)?;
-            if is_new {
-                let mut meta = txn.open_table(META).map_err(backend)?;
-                meta.insert(META_NEXT_KEY, u64::from(key) + 1)
-                    .map_err(backend)?;
+        let (key, next_key) = {
+            let mut memory = self.write_memory();
+            let key = memory.key_of(sensor_id);
+            (key, memory.next_key)
+        };
+        self.commit_blocks(points_read as usize, |tables| {
+            for chunk in staged.chunks() {
+                let points: Vec<Versioned> = blocks::sorted_unique(chunk?)
+                    .into_iter()
+                    .map(|point| Versioned { point, version })
+                    .collect();
+                tables.merge_sensor(sensor_id, key, &points)?;
             }
-        }
-        txn.commit().map_err(backend)?;
-        let mut memory = self.write_memory();
-        if is_new {
-            memory.next_key = key + 1;
-        }
-        memory
-            .sensors
-            .entry(sensor_id.clone())
-            .or_insert_with(|| SensorState {
-                key,
-                stored: None,
-                head: BTreeMap::new(),
-            })
-            .stored = Some(stats);
-        drop(writer);
+            tables.raise_meta(blocks::META_NEXT_KEY, u64::from(next_key))?;
+            tables.raise_meta(blocks::META_LAST_VERSION, version)?;
+            Ok(())
+        })?;
         Ok(ImportSummary {
             points: points_read,
         })
     }
-}
 
-/// Groups samples per sensor, keeping their order within each sensor (the
-/// later of two writes to one timestamp wins).
-fn group_by_sensor(samples: Vec<Sample>) -> Vec<Group> {
-    let mut groups: Vec<Group> = Vec::new();
-    let mut index: HashMap<SensorId, usize> = HashMap::new();
-    for sample in samples {
-        // Fast path: runs of one sensor, the usual shape of a batch.
-        if let Some((last_id, points)) = groups.last_mut()
-            && *last_id == sample.sensor_id
-        {
-            points.push(sample.point);
-            continue;
-        }
-        match index.get(&sample.sensor_id) {
-            Some(&i) => groups[i].1.push(sample.point),
-            None => {
-                index.insert(sample.sensor_id.clone(), groups.len());
-                groups.push((sample.sensor_id, vec![sample.point]));
-            }
-        }
-    }
-    groups
-}
-
-/// Sorts a batch by timestamp, keeping the last of equal timestamps.
-fn sorted_unique(batch: PointBatch) -> Result<Vec<Point>, StorageError> {
-    let mut points: Vec<Point> = batch.iter().collect();
-    for p in &points {
-        check_timestamp(p.timestamp_ms)
-            .map_err(|e| StorageError::InvalidInput(format!("timestamp_ms {e}")))?;
-    }
-    if !points
-        .windows(2)
-        .all(|w| w[0].timestamp_ms < w[1].timestamp_ms)
-    {
-        // Stable: among equal timestamps the last written stays last.
-        points.sort_by_key(|p| p.timestamp_ms);
-        let mut unique: Vec<Point> = Vec::with_capacity(points.len());
-        for p in points {
-            match unique.last_mut() {
-                Some(last) if last.timestamp_ms == p.timestamp_ms => *last = p,
-                _ => unique.push(p),
-            }
-        }
-        points = unique;
-    }
-    Ok(points)
-}
-
-fn combine(stored: Option<Stats>, added: u64, points: &[Point]) -> Stats {
-    let (Some(first), Some(last)) = (points.first(), points.last()) else {
-        return stored.unwrap_or(Stats {
-            count: 0,
-            first: 0,
-            last: 0,
-        });
-    };
-    match stored {
-        Some(s) => Stats {
-            count: s.count + added,
-            first: s.first.min(first.timestamp_ms),
-            last: s.last.max(last.timestamp_ms),
-        },
-        None => Stats {
-            count: added,
-            first: first.timestamp_ms,
-            last: last.timestamp_ms,
-        },
-    }
-}
-
-/// Merges sorted, unique `points` into a sensor's blocks; the points win over
-/// stored points of the same timestamp. Returns how many timestamps are new.
-///
-/// Each point goes to the block that starts at or before it (its *owner*),
-/// together with every following point before the next block starts, so
-/// blocks never overlap. A full owner whose points all precede the group is
-/// left alone: appends never rewrite full blocks.
-fn merge_into_blocks(
-    tables: &mut BlockTables<'_>,
-    key: u32,
-    points: &[Point],
-) -> Result<u64, StorageError> {
-    let BlockTables { blocks, summaries } = tables;
-    let mut added = 0u64;
-    let mut i = 0;
-    while i < points.len() {
-        let ts = points[i].timestamp_ms;
-        let owner = match blocks
-            .range((key, i64::MIN)..=(key, ts))
-            .map_err(backend)?
-            .next_back()
-        {
-            Some(entry) => {
-                let (k, v) = entry.map_err(backend)?;
-                Some((k.value().1, v.value().to_vec()))
-            }
-            None => None,
-        };
-        let next_start = match blocks
-            .range((key, ts + 1)..=(key, i64::MAX))
-            .map_err(backend)?
-            .next()
-        {
-            Some(entry) => Some(entry.map_err(backend)?.0.value().1),
-            None => None,
-        };
-        let end = match next_start {
-            Some(next) => i + points[i..].partition_point(|p| p.timestamp_ms < next),
-            None => points.len(),
-        };
-        let group = &points[i..end];
-        let mut replaced_len = 0;
-        let merged = match owner {
-            Some((start, bytes)) => {
-                let header = codec::header(&bytes).map_err(corrupt)?;
-                if header.count as usize >= MAX_BLOCK_POINTS && ts > header.last_ts {
-                    group.iter().copied().collect()
-                } else {
-                    let mut existing = PointBatch::with_capacity(header.count as usize);
-                    codec::decode_into(&bytes, &mut existing).map_err(corrupt)?;
-                    blocks.remove((key, start)).map_err(backend)?;
-                    summaries.remove((key, start)).map_err(backend)?;
-                    replaced_len = existing.len();
-                    merge_sorted(&existing, group)
-                }
-            }
-            None => group.iter().copied().collect::<PointBatch>(),
-        };
-        added += (merged.len() - replaced_len) as u64;
-        for chunk_start in (0..merged.len()).step_by(MAX_BLOCK_POINTS) {
-            let chunk_end = (chunk_start + MAX_BLOCK_POINTS).min(merged.len());
-            let columns = (
-                &merged.timestamps[chunk_start..chunk_end],
-                &merged.values[chunk_start..chunk_end],
-                &merged.qualities[chunk_start..chunk_end],
-            );
-            let block = codec::encode(columns.0, columns.1, columns.2);
-            let block_key = (key, merged.timestamps[chunk_start]);
-            blocks
-                .insert(block_key, block.as_slice())
-                .map_err(backend)?;
-            if let Some(summary) = Summary::of_columns(columns.0, columns.1, columns.2) {
-                summaries
-                    .insert(block_key, summary.encode().as_slice())
-                    .map_err(backend)?;
-            }
-        }
-        i = end;
-    }
-    Ok(added)
-}
-
-/// The two tables a block lives in, written together.
-struct BlockTables<'txn> {
-    blocks: redb::Table<'txn, (u32, i64), &'static [u8]>,
-    summaries: redb::Table<'txn, (u32, i64), &'static [u8]>,
-}
-
-impl<'txn> BlockTables<'txn> {
-    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, StorageError> {
-        Ok(Self {
-            blocks: txn.open_table(BLOCKS).map_err(backend)?,
-            summaries: txn.open_table(SUMMARIES).map_err(backend)?,
-        })
-    }
-}
-
-/// Merges two sorted runs; on equal timestamps `newer` wins.
-fn merge_sorted(older: &PointBatch, newer: &[Point]) -> PointBatch {
-    let mut out = PointBatch::with_capacity(older.len() + newer.len());
-    let (mut i, mut j) = (0, 0);
-    while i < older.len() && j < newer.len() {
-        let (a, b) = (older.timestamps[i], newer[j].timestamp_ms);
-        if a < b {
-            out.push(older.point(i));
-            i += 1;
-        } else {
-            out.push(newer[j]);
-            j += 1;
-            if a == b {
-                i += 1;
-            }
-        }
-    }
-    out.timestamps.extend_from_slice(&older.timestamps[i..]);
-    out.values.extend_from_slice(&older.values[i..]);
-    out.qualities.extend_from_slice(&older.qualities[i..]);
-    for p in &newer[j..] {
-        out.push(*p);
-    }
-    out
-}
-
-/// How many of `timestamps` (sorted) exist in the sensor's blocks.
-fn count_stored(txn: &ReadTransaction, key: u32, timestamps: &[i64]) -> Result<u64, StorageError> {
-    let blocks = txn.open_table(BLOCKS).map_err(backend)?;
-    let mut found = 0;
-    let mut decoded = PointBatch::default();
-    let mut decoded_start = None;
-    for &ts in timestamps {
-        let Some(entry) = blocks
-            .range((key, i64::MIN)..=(key, ts))
-            .map_err(backend)?
-            .next_back()
-        else {
-            continue;
-        };
-        let (k, v) = entry.map_err(backend)?;
-        if decoded_start != Some(k.value().1) {
-            decoded.clear();
-            codec::decode_into(v.value(), &mut decoded).map_err(corrupt)?;
-            decoded_start = Some(k.value().1);
-        }
-        if decoded.timestamps.binary_search(&ts).is_ok() {
-            found += 1;
-        }
-    }
-    Ok(found)
-}
-
-/// What a scan reads: fixed when the scan starts.
-struct ScanSnapshot {
-    key: u32,
-    range: TimeRange,
-    /// The head's points in range, sorted.
-    head: Vec<Point>,
-    /// Present when the sensor has blocks.
-    txn: Option<ReadTransaction>,
-}
-
-impl ScanSnapshot {
-    /// Decodes blocks in order, merges the head in, and sends batches until
-    /// done or until the receiver is gone (the client left).
-    fn produce(self, sender: &tokio::sync::mpsc::Sender<Result<PointBatch, StorageError>>) {
-        if let Err(error) = self.produce_batches(sender) {
-            let _ = sender.blocking_send(Err(error));
-        }
-    }
-
-    fn produce_batches(
-        &self,
-        sender: &tokio::sync::mpsc::Sender<Result<PointBatch, StorageError>>,
-    ) -> Result<(), StorageError> {
-        let TimeRange { start_ms, end_ms } = self.range;
-        let mut head = &self.head[..];
-        if let Some(txn) = &self.txn {
-            let blocks = txn.open_table(BLOCKS).map_err(backend)?;
-            // The block that starts at or before the range may reach into it.
-            let from = match blocks
-                .range((self.key, i64::MIN)..=(self.key, start_ms))
-                .map_err(backend)?
-                .next_back()
-            {
-                Some(entry) => entry.map_err(backend)?.0.value().1,
-                None => start_ms,
+    fn close(&self) -> Result<(), StorageError> {
+        let result = {
+            let mut wal = match self.lock_wal() {
+                Ok(wal) => wal,
+                Err(StorageError::Closed) => return Ok(()),
+                Err(e) => return Err(e),
             };
-            for entry in blocks
-                .range((self.key, from)..(self.key, end_ms))
-                .map_err(backend)?
-            {
-                let (_, block) = entry.map_err(backend)?;
-                let mut batch = PointBatch::with_capacity(MAX_BLOCK_POINTS);
-                codec::decode_into(block.value(), &mut batch).map_err(corrupt)?;
-                trim_to_range(&mut batch, start_ms, end_ms);
-                let Some(&last) = batch.timestamps.last() else {
-                    continue;
-                };
-                let merged_head = head.partition_point(|p| p.timestamp_ms <= last);
-                if merged_head > 0 {
-                    batch = merge_sorted(&batch, &head[..merged_head]);
-                    head = &head[merged_head..];
-                }
-                if sender.blocking_send(Ok(batch)).is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        for chunk in head.chunks(MAX_BLOCK_POINTS) {
-            if sender
-                .blocking_send(Ok(chunk.iter().copied().collect()))
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-        Ok(())
+            let empty = self.read_memory().active.is_empty();
+            let result = if empty { Ok(()) } else { self.freeze(&mut wal) };
+            wal.closed = true;
+            result
+        };
+        result.and_then(|()| self.fold_all())
     }
 }
 
-impl ScanSnapshot {
-    /// M4 over the snapshot. A block that lies inside the range and inside
-    /// one bucket, with no newer head point in its span, is folded from its
-    /// summary without being read; only blocks at bucket edges are decoded.
-    fn downsample(self, buckets: usize) -> Result<Downsampled, StorageError> {
-        let TimeRange { start_ms, end_ms } = self.range;
-        let mut m4 = M4::new(self.range, buckets);
-        let mut head = &self.head[..];
-        if let Some(txn) = &self.txn {
-            let blocks = txn.open_table(BLOCKS).map_err(backend)?;
-            let summaries = txn.open_table(SUMMARIES).map_err(backend)?;
-            let from = match summaries
-                .range((self.key, i64::MIN)..=(self.key, start_ms))
-                .map_err(backend)?
-                .next_back()
-            {
-                Some(entry) => entry.map_err(backend)?.0.value().1,
-                None => start_ms,
-            };
-            for entry in summaries
-                .range((self.key, from)..(self.key, end_ms))
-                .map_err(backend)?
-            {
-                let (block_key, bytes) = entry.map_err(backend)?;
-                let summary = Summary::decode(bytes.value())
-                    .ok_or_else(|| StorageError::Corrupt("bad block summary".into()))?;
-                let (first, last) = (summary.first.timestamp_ms, summary.last.timestamp_ms);
-                // Head points before this block lie in a gap: no block holds them.
-                let gap = head.partition_point(|p| p.timestamp_ms < first);
-                for p in &head[..gap] {
-                    m4.add_point(*p);
-                }
-                head = &head[gap..];
-                let newer = head.partition_point(|p| p.timestamp_ms <= last);
-                if newer == 0
-                    && first >= start_ms
-                    && last < end_ms
-                    && m4.bucket_of(first) == m4.bucket_of(last)
-                {
-                    m4.add_summary(&summary);
-                    continue;
-                }
-                let block = blocks
-                    .get(block_key.value())
-                    .map_err(backend)?
-                    .ok_or_else(|| StorageError::Corrupt("a summary without its block".into()))?;
-                let mut batch = PointBatch::with_capacity(summary.count as usize);
-                codec::decode_into(block.value(), &mut batch).map_err(corrupt)?;
-                trim_to_range(&mut batch, start_ms, end_ms);
-                if newer > 0 {
-                    batch = merge_sorted(&batch, &head[..newer]);
-                    head = &head[newer..];
-                }
-                m4.add_batch(&batch);
-            }
-        }
-        for p in head {
-            m4.add_point(*p);
-        }
-        Ok(m4.finish())
-    }
-}
-
-/// Keeps the points in `[start_ms, end_ms)` of a sorted batch.
-fn trim_to_range(batch: &mut PointBatch, start_ms: i64, end_ms: i64) {
-    let end = batch.timestamps.partition_point(|&ts| ts < end_ms);
-    batch.timestamps.truncate(end);
-    batch.values.truncate(end);
-    batch.qualities.truncate(end);
-    let start = batch.timestamps.partition_point(|&ts| ts < start_ms);
-    if start > 0 {
-        batch.timestamps.drain(..start);
-        batch.values.drain(..start);
-        batch.qualities.drain(..start);
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.signal.stop();
     }
 }
 
 enum ImportMessage {
     Batch(PointBatch),
     Commit,
+}
+
+/// Groups samples per sensor, keeping their order within each sensor (the
+/// later of two writes to one timestamp wins). A group with any stream
+/// point keeps a seq per point; direct points get 0 there, to be replaced
+/// by the write's version.
+fn group_by_sensor(samples: Vec<Sample>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<SensorId, usize> = HashMap::new();
+    for sample in samples {
+        // Fast path: runs of one sensor, the usual shape of a batch.
+        let at = match groups.last() {
+            Some(last) if last.sensor_id == sample.sensor_id => groups.len() - 1,
+            _ => match index.get(&sample.sensor_id) {
+                Some(&i) => i,
+                None => {
+                    index.insert(sample.sensor_id.clone(), groups.len());
+                    groups.push(Group {
+                        sensor_id: sample.sensor_id.clone(),
+                        points: Vec::new(),
+                        seqs: None,
+                    });
+                    groups.len() - 1
+                }
+            },
+        };
+        let group = &mut groups[at];
+        if sample.seq.is_some() && group.seqs.is_none() {
+            group.seqs = Some(vec![0; group.points.len()]);
+        }
+        if let Some(seqs) = &mut group.seqs {
+            seqs.push(sample.seq.unwrap_or(0));
+        }
+        group.points.push(sample.point);
+    }
+    groups
 }
 
 #[async_trait]
@@ -984,28 +1103,16 @@ impl StorageEngine for EmbeddedStore {
 
     async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let memory = inner.read_memory();
-            memory
-                .sensors
-                .iter()
-                .map(|(id, state)| inner.sensor_info(id, state))
-                .collect()
-        })
-        .await
-        .map_err(join_error)?
+        tokio::task::spawn_blocking(move || inner.sensor_infos(None))
+            .await
+            .map_err(join_error)?
     }
 
     async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
         let inner = self.inner.clone();
         let sensor_id = sensor_id.clone();
         tokio::task::spawn_blocking(move || {
-            let memory = inner.read_memory();
-            memory
-                .sensors
-                .get(&sensor_id)
-                .map(|state| inner.sensor_info(&sensor_id, state))
-                .transpose()
+            Ok(inner.sensor_infos(Some(&sensor_id))?.into_iter().next())
         })
         .await
         .map_err(join_error)?
@@ -1060,19 +1167,23 @@ impl StorageEngine for EmbeddedStore {
         }
     }
 
+    fn health(&self) -> StoreHealth {
+        self.inner.health.current()
+    }
+
     async fn close(&self) -> Result<(), StorageError> {
+        self.stop_checkpointer();
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut writer = match inner.lock_writer() {
-                Ok(writer) => writer,
-                Err(StorageError::Closed) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            let result = inner.checkpoint(&mut writer);
-            writer.closed = true;
-            result
-        })
-        .await
-        .map_err(join_error)?
+        tokio::task::spawn_blocking(move || inner.close())
+            .await
+            .map_err(join_error)?
+    }
+}
+
+/// Exposed for the fold's own tests and benches: how many heads wait.
+#[doc(hidden)]
+impl EmbeddedStore {
+    pub fn frozen_heads(&self) -> usize {
+        self.inner.read_memory().frozen.len()
     }
 }

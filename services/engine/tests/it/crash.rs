@@ -16,8 +16,8 @@ const CHILD_DIR: &str = "ENGINE_CRASH_CHILD_DIR";
 const CHILD_FIRST_BATCH: &str = "ENGINE_CRASH_CHILD_FIRST_BATCH";
 const POINTS_PER_BATCH: i64 = 100;
 
-/// Small, so that checkpoints (redb commits, WAL rotation) happen all the
-/// time and kills land inside them too.
+/// Small, so that background folds (redb commits, WAL rotation) happen all
+/// the time and kills land inside them too (the test counts how many do).
 fn options() -> EmbeddedOptions {
     EmbeddedOptions {
         head_flush_points: 1500,
@@ -60,7 +60,10 @@ fn crash_writer_child() {
                 .flat_map(|(id, p)| samples(&id, [p]))
                 .collect();
             store.write(batch).await.unwrap();
-            println!("ack {b}");
+            // How many frozen heads wait to be folded (or are being folded)
+            // right now: a kill after this line lands inside a fold when
+            // it is not 0.
+            println!("ack {b} {}", store.frozen_heads());
         }
     });
 }
@@ -93,6 +96,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut rng = Rng::new(0xC0FFEE);
     let mut acknowledged: Vec<i64> = Vec::new();
     let mut next_batch = 0i64;
+    let mut kills_during_folds = 0;
     let full = (POINTS_PER_BATCH + 1) as usize;
     for round in 0..rounds {
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -115,10 +119,10 @@ async fn acknowledged_writes_survive_sigkill() {
                 .lines()
                 .map_while(Result::ok)
                 .filter_map(|line| {
-                    line.strip_prefix("ack ")
-                        .and_then(|n| n.parse::<i64>().ok())
+                    let (b, frozen) = line.strip_prefix("ack ")?.split_once(' ')?;
+                    Some((b.parse::<i64>().ok()?, frozen.parse::<usize>().ok()?))
                 })
-                .collect::<Vec<i64>>()
+                .collect::<Vec<(i64, usize)>>()
         });
         // Mostly mid-stream; sometimes right at start-up, during recovery.
         let delay = if rng.chance(20) {
@@ -129,7 +133,11 @@ async fn acknowledged_writes_survive_sigkill() {
         tokio::time::sleep(Duration::from_millis(delay as u64)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let acked = reader.join().unwrap();
+        let lines = reader.join().unwrap();
+        if lines.last().is_some_and(|&(_, frozen)| frozen > 0) {
+            kills_during_folds += 1;
+        }
+        let acked: Vec<i64> = lines.into_iter().map(|(b, _)| b).collect();
         let in_flight = acked.last().map_or(next_batch, |last| last + 1);
         next_batch = in_flight + 1;
 
@@ -165,8 +173,14 @@ async fn acknowledged_writes_survive_sigkill() {
         "only {} batches acknowledged in {rounds} rounds",
         acknowledged.len()
     );
+    // Nor if no kill ever landed inside a background fold.
+    assert!(
+        kills_during_folds * 10 >= rounds,
+        "only {kills_during_folds} of {rounds} kills landed while a fold was under way"
+    );
     eprintln!(
-        "{rounds} kills, {} acknowledged batches verified",
+        "{rounds} kills ({kills_during_folds} while a fold was under way), {} acknowledged \
+         batches verified",
         acknowledged.len()
     );
 }

@@ -5,8 +5,11 @@ mod support;
 mod cli;
 mod conformance;
 mod crash;
+mod faults;
+mod full_disk;
 mod http_api;
 mod http_export;
+mod import_limits;
 mod recovery;
 
 // Ingestion and live view (issue 5): gRPC, NATS, SSE, demo.

@@ -16,27 +16,39 @@
 //!          << 4 | significant bytes) and the significant bytes of
 //!          `bits ^ previous bits` (Gorilla's idea, byte-aligned for speed)
 //! qualities: runs varint, then (quality u8, run length varint) per run
+//! versions: mode u8, then
+//!     CONSTANT: version varint         (an import, a run of direct writes)
+//!     DELTA: first varint, then count-1 zigzag varint deltas
 //! ```
+//!
+//! The header (version 2) ends with `versions_at u32`, the offset of the
+//! versions column: scans never need it, merges (a late point, a replayed
+//! message) read it without decoding the values. Blocks of version 1 have no
+//! versions column; their points take [`FIRST_DIRECT_VERSION`].
 //!
 //! Every value round-trips bit-exactly: decimal mode is only chosen when
 //! `(int as f64) / 10^scale`, computed from the stored integer exactly as
 //! the decoder does, reproduces each value's bits. That excludes `-0.0`
 //! (its integer is 0), NaN and infinities; XOR mode stores bits.
 
-use crate::model::PointBatch;
+use crate::model::{FIRST_DIRECT_VERSION, PointBatch};
 
 /// Points per block at most. Big enough that per-block overhead vanishes and
 /// a scan is a few hundred sequential reads per million points; small enough
 /// that rewriting a block for a late point is cheap.
 pub const MAX_BLOCK_POINTS: usize = 4096;
 
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 1 + 4 + 8 * 4;
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
+const HEADER_LEN_1: usize = 1 + 4 + 8 * 4;
+const HEADER_LEN: usize = HEADER_LEN_1 + 4;
 
 const TS_REGULAR: u8 = 0;
 const TS_DELTA_OF_DELTA: u8 = 1;
 const VALUES_DECIMAL: u8 = 0;
 const VALUES_XOR: u8 = 1;
+const VERSIONS_CONSTANT: u8 = 0;
+const VERSIONS_DELTA: u8 = 1;
 
 /// Largest decimal scale tried (10^-6). Beyond it XOR is as good.
 const MAX_DECIMAL_SCALE: u8 = 6;
@@ -55,6 +67,10 @@ pub struct BlockHeader {
     pub min: f64,
     /// Largest non-NaN value (NaN when every value is NaN).
     pub max: f64,
+    /// Where the columns start, and where the versions column starts
+    /// (`None` in a version 1 block, which has none).
+    columns_at: usize,
+    versions_at: Option<usize>,
 }
 
 /// Why a block could not be decoded.
@@ -63,10 +79,16 @@ pub struct BlockHeader {
 pub struct CodecError(&'static str);
 
 /// Encodes the columns of a non-empty, strictly increasing run of at most
-/// [`MAX_BLOCK_POINTS`] points.
-pub fn encode(timestamps: &[i64], values: &[f64], qualities: &[u8]) -> Vec<u8> {
+/// [`MAX_BLOCK_POINTS`] points, with each point's version.
+pub fn encode(timestamps: &[i64], values: &[f64], qualities: &[u8], versions: &[u64]) -> Vec<u8> {
     let n = timestamps.len();
-    assert!(n > 0 && n <= MAX_BLOCK_POINTS && values.len() == n && qualities.len() == n);
+    assert!(
+        n > 0
+            && n <= MAX_BLOCK_POINTS
+            && values.len() == n
+            && qualities.len() == n
+            && versions.len() == n
+    );
     debug_assert!(timestamps.windows(2).all(|w| w[0] < w[1]));
     let mut out = Vec::with_capacity(HEADER_LEN + n * 3);
     let (min, max) = min_max(values);
@@ -76,15 +98,24 @@ pub fn encode(timestamps: &[i64], values: &[f64], qualities: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&timestamps[n - 1].to_le_bytes());
     out.extend_from_slice(&min.to_bits().to_le_bytes());
     out.extend_from_slice(&max.to_bits().to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
     encode_timestamps(timestamps, &mut out);
     encode_values(values, &mut out);
     encode_qualities(qualities, &mut out);
+    let versions_at = out.len() as u32;
+    out[HEADER_LEN_1..HEADER_LEN].copy_from_slice(&versions_at.to_le_bytes());
+    encode_versions(versions, &mut out);
     out
 }
 
 /// Reads the header of an encoded block.
 pub fn header(block: &[u8]) -> Result<BlockHeader, CodecError> {
-    if block.len() < HEADER_LEN || block[0] != VERSION {
+    let header_len = match block.first() {
+        Some(&VERSION) => HEADER_LEN,
+        Some(&VERSION_1) => HEADER_LEN_1,
+        _ => return Err(CodecError("bad header")),
+    };
+    if block.len() < header_len {
         return Err(CodecError("bad header"));
     }
     let u64_at = |at: usize| u64::from_le_bytes(block[at..at + 8].try_into().unwrap_or([0; 8]));
@@ -92,13 +123,59 @@ pub fn header(block: &[u8]) -> Result<BlockHeader, CodecError> {
     if count == 0 || count as usize > MAX_BLOCK_POINTS {
         return Err(CodecError("bad point count"));
     }
+    let versions_at = (header_len == HEADER_LEN).then(|| {
+        u32::from_le_bytes(block[HEADER_LEN_1..HEADER_LEN].try_into().unwrap_or([0; 4])) as usize
+    });
     Ok(BlockHeader {
         count,
         first_ts: u64_at(5) as i64,
         last_ts: u64_at(13) as i64,
         min: f64::from_bits(u64_at(21)),
         max: f64::from_bits(u64_at(29)),
+        columns_at: header_len,
+        versions_at,
     })
+}
+
+/// Decodes a block's versions, appending one per point to `out`.
+pub fn decode_versions(block: &[u8], out: &mut Vec<u64>) -> Result<BlockHeader, CodecError> {
+    let header = header(block)?;
+    let n = header.count as usize;
+    let Some(at) = header.versions_at else {
+        out.extend(std::iter::repeat_n(FIRST_DIRECT_VERSION, n));
+        return Ok(header);
+    };
+    let mut reader = Reader { bytes: block, at };
+    match reader.byte()? {
+        VERSIONS_CONSTANT => {
+            let version = reader.varint()?;
+            out.extend(std::iter::repeat_n(version, n));
+        }
+        VERSIONS_DELTA => {
+            let mut version = reader.varint()?;
+            out.push(version);
+            for _ in 1..n {
+                version = version.wrapping_add(unzigzag(reader.varint()?) as u64);
+                out.push(version);
+            }
+        }
+        _ => return Err(CodecError("unknown versions mode")),
+    }
+    Ok(header)
+}
+
+fn encode_versions(versions: &[u64], out: &mut Vec<u8>) {
+    let first = versions[0];
+    if versions.iter().all(|&v| v == first) {
+        out.push(VERSIONS_CONSTANT);
+        put_varint(out, first);
+        return;
+    }
+    out.push(VERSIONS_DELTA);
+    put_varint(out, first);
+    for w in versions.windows(2) {
+        put_varint(out, zigzag(w[1].wrapping_sub(w[0]) as i64));
+    }
 }
 
 /// Decodes a block, appending its points to `out`.
@@ -107,7 +184,7 @@ pub fn decode_into(block: &[u8], out: &mut PointBatch) -> Result<BlockHeader, Co
     let n = header.count as usize;
     let mut reader = Reader {
         bytes: block,
-        at: HEADER_LEN,
+        at: header.columns_at,
     };
     let start = out.len();
     out.timestamps.reserve(n);
@@ -468,9 +545,18 @@ mod tests {
     use crate::model::Point;
 
     fn roundtrip(batch: &PointBatch) -> usize {
-        let block = encode(&batch.timestamps, &batch.values, &batch.qualities);
+        let versions = vec![FIRST_DIRECT_VERSION; batch.len()];
+        let block = encode(
+            &batch.timestamps,
+            &batch.values,
+            &batch.qualities,
+            &versions,
+        );
         let mut decoded = PointBatch::default();
         let header = decode_into(&block, &mut decoded).unwrap();
+        let mut decoded_versions = Vec::new();
+        decode_versions(&block, &mut decoded_versions).unwrap();
+        assert_eq!(decoded_versions, versions);
         assert_eq!(decoded.timestamps, batch.timestamps);
         assert_eq!(decoded.qualities, batch.qualities);
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -531,8 +617,49 @@ mod tests {
         ] {
             roundtrip(&batch_of(values, |i| 1000 * (i as i64 + 1)));
         }
-        let block = encode(&[1, 2], &[21.5, 0.0], &[192, 192]);
+        let block = encode(&[1, 2], &[21.5, 0.0], &[192, 192], &[1, 1]);
         assert_eq!(block[HEADER_LEN + 2], VALUES_DECIMAL, "+0.0 stays decimal");
+    }
+
+    #[test]
+    fn versions_round_trip_and_constant_runs_cost_one_varint() {
+        let batch = batch_of(&[1.0, 2.0, 3.0, 4.0], |i| i as i64);
+        for versions in [
+            vec![7, 7, 7, 7],
+            vec![u64::MAX, 3, FIRST_DIRECT_VERSION, 0],
+            vec![10, 11, 13, 12],
+        ] {
+            let block = encode(
+                &batch.timestamps,
+                &batch.values,
+                &batch.qualities,
+                &versions,
+            );
+            let mut decoded = Vec::new();
+            decode_versions(&block, &mut decoded).unwrap();
+            assert_eq!(decoded, versions);
+        }
+        let constant = encode(&batch.timestamps, &batch.values, &batch.qualities, &[9; 4]);
+        let header = header(&constant).unwrap();
+        assert_eq!(constant.len() - header.versions_at.unwrap(), 2);
+    }
+
+    #[test]
+    fn version_1_blocks_decode_with_the_first_direct_version() {
+        let batch = batch_of(&[1.5, -2.25], |i| 10 + i as i64);
+        let mut block = encode(&batch.timestamps, &batch.values, &batch.qualities, &[5, 6]);
+        // A version 1 block is the same bytes without `versions_at` and
+        // without the versions column.
+        let versions_at = header(&block).unwrap().versions_at.unwrap();
+        block.truncate(versions_at);
+        block.drain(HEADER_LEN_1..HEADER_LEN);
+        block[0] = VERSION_1;
+        let mut decoded = PointBatch::default();
+        decode_into(&block, &mut decoded).unwrap();
+        assert_eq!(decoded, batch);
+        let mut versions = Vec::new();
+        decode_versions(&block, &mut versions).unwrap();
+        assert_eq!(versions, vec![FIRST_DIRECT_VERSION; 2]);
     }
 
     #[test]
@@ -585,8 +712,15 @@ mod tests {
         let mut state = 99u64;
         let values: Vec<f64> = (0..300).map(|i| (i as f64).sin()).collect();
         let batch = batch_of(&values, |i| i as i64 * 7 + (i as i64 % 3));
-        let block = encode(&batch.timestamps, &batch.values, &batch.qualities);
+        let versions: Vec<u64> = (0..batch.len() as u64).map(|i| i * i).collect();
+        let block = encode(
+            &batch.timestamps,
+            &batch.values,
+            &batch.qualities,
+            &versions,
+        );
         for len in 0..block.len() {
+            let _ = decode_versions(&block[..len], &mut Vec::new());
             let _ = decode_into(&block[..len], &mut PointBatch::default());
         }
         for _ in 0..2000 {
@@ -594,6 +728,7 @@ mod tests {
             let at = xorshift(&mut state) as usize % damaged.len();
             damaged[at] ^= 1 << (xorshift(&mut state) % 8);
             let _ = decode_into(&damaged, &mut PointBatch::default());
+            let _ = decode_versions(&damaged, &mut Vec::new());
         }
     }
 }

@@ -2,57 +2,154 @@
 //! acknowledged.
 //!
 //! The log is a sequence of segment files `wal/<seq>.wal`. A segment is a
-//! magic header followed by records `len u32 | crc32 u32 | payload`. A write
-//! appends one record and calls `fdatasync` before returning, so an
-//! acknowledged write is on disk. A crash can leave a torn last record; the
-//! reader stops at the first record that is short or fails its checksum and
-//! keeps the intact prefix, since only an unacknowledged write can be torn.
+//! magic header followed by records
+//! `RECORD_MAGIC u32 | len u32 | crc32(len ‖ payload) u32 | payload`.
+//! A write appends one record and calls `fdatasync` before returning, so an
+//! acknowledged write is on disk.
 //!
-//! Payload of a record (one atomic write batch):
-//! `groups varint, then per group: id_len varint, id bytes, points varint,
-//! points × (ts i64, value bits u64, quality u8)`.
+//! Reading tells two kinds of bad bytes apart:
+//! - a **torn tail**: bad bytes at the end of the newest segment with no
+//!   intact record after them. Only an unacknowledged write (cut short by a
+//!   crash) can leave one; it is dropped and the file truncated to its intact
+//!   prefix.
+//! - **damage**: a bad record followed by an intact one, or any bad record in
+//!   an older segment. Acknowledged writes may be in or after it, so opening
+//!   stops with [`WalError::Damaged`] naming the segment and offset, and
+//!   nothing is deleted; `engine repair` keeps every intact record and moves
+//!   the damaged segment aside ([`repair_segment`]).
+//!
+//! The record magic lets the reader find the next record after damage (the
+//! length field itself may be what was damaged); the checksum covers the
+//! length, so a damaged length is detected too.
+//!
+//! Payload of a record (one atomic write batch), little endian:
+//! `version u64 | groups varint`, then per group:
+//! `id_len varint | id bytes | flags u8 | points varint | points × (ts i64,
+//! value bits u64, quality u8 [, seq u64 if flags & HAS_SEQ])`.
+//! `version` is the write's version, which every point without its own
+//! stream `seq` takes.
+//!
+//! Segments of the first format (`SNSWAL01`: no record magic, no versions)
+//! are still read, so a store written by an earlier engine recovers.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
+use super::io::{Faults, IoTarget, is_disk_full};
 use crate::model::{Point, SensorId};
 
-const MAGIC: &[u8; 8] = b"SNSWAL01";
-const RECORD_HEADER: usize = 8;
+const MAGIC: &[u8; 8] = b"SNSWAL02";
+const MAGIC_V1: &[u8; 8] = b"SNSWAL01";
+const RECORD_MAGIC: [u8; 4] = *b"REC\x1e";
+const RECORD_HEADER: usize = 12;
+const RECORD_HEADER_V1: usize = 8;
 const POINT_LEN: usize = 17;
+const HAS_SEQ: u8 = 1;
 
-/// The points of one sensor inside a record.
-pub type Group = (SensorId, Vec<Point>);
+/// The points of one sensor inside a record, with their stream sequences
+/// when they came from a stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub sensor_id: SensorId,
+    pub points: Vec<Point>,
+    /// One per point, or `None` when every point takes the record's version.
+    pub seqs: Option<Vec<u64>>,
+}
+
+impl Group {
+    /// The version of point `index`.
+    pub fn version(&self, index: usize, record_version: u64) -> u64 {
+        match &self.seqs {
+            Some(seqs) => seqs[index],
+            None => record_version,
+        }
+    }
+}
+
+/// One atomic write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The version of the points without a stream seq. Records of the first
+    /// format have none: replay assigns them in log order.
+    pub version: Option<u64>,
+    pub groups: Vec<Group>,
+}
+
+/// Why the log could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// No space (ENOSPC, EDQUOT): the write left nothing behind and may be
+    /// retried when there is room.
+    #[error("no space left for the write-ahead log: {0}")]
+    Full(io::Error),
+    /// An fsync failed, or the log could not be put back in order after a
+    /// failed write: what is on disk is unknown.
+    #[error("the write-ahead log failed: {0}")]
+    Failed(io::Error),
+    /// Bad bytes that are not a torn tail: acknowledged writes may be lost.
+    #[error(
+        "write-ahead log segment {} is damaged at byte {offset}: {reason}; \
+         run `engine repair` to keep its intact records and move it aside",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
 
 /// The open segment that writes append to.
 pub struct WalWriter {
     dir: PathBuf,
     seq: u64,
     file: File,
+    /// Bytes of intact records (and the header): where the next one goes.
     len: u64,
+    faults: Faults,
     /// Reused to build records without allocating per write.
     buffer: Vec<u8>,
 }
 
 impl WalWriter {
-    /// Creates segment `seq` (and makes its directory entry durable).
-    pub fn create(dir: &Path, seq: u64) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
+    /// Creates segment `seq` and makes it and its directory entry durable.
+    pub fn create(dir: &Path, seq: u64, faults: Faults) -> Result<Self, WalError> {
+        let classify = |error: io::Error| {
+            if is_disk_full(&error) {
+                WalError::Full(error)
+            } else {
+                WalError::Io(error)
+            }
+        };
+        fs::create_dir_all(dir).map_err(classify)?;
         let path = segment_path(dir, seq);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .truncate(true)
+            .read(true)
             .write(true)
-            .open(&path)?;
-        file.write_all(MAGIC)?;
-        file.sync_all()?;
-        File::open(dir)?.sync_all()?;
+            .open(&path)
+            .map_err(classify)?;
+        let written = faults
+            .write_at(IoTarget::Wal, &file, MAGIC, 0)
+            .and_then(|()| faults.sync(IoTarget::Wal, &file))
+            .and_then(|()| sync_dir(dir));
+        if let Err(error) = written {
+            // Nothing in it was acknowledged: remove it, so no later open
+            // mistakes a headless file for a torn segment.
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(classify(error));
+        }
         Ok(Self {
             dir: dir.to_owned(),
             seq,
             file,
             len: MAGIC.len() as u64,
+            faults,
             buffer: Vec::new(),
         })
     }
@@ -67,22 +164,47 @@ impl WalWriter {
     }
 
     /// Appends one record and waits until it is on disk.
-    pub fn append(&mut self, groups: &[Group]) -> io::Result<()> {
+    ///
+    /// A write that fails for lack of space is undone (the segment is cut
+    /// back to its intact records) and reported as [`WalError::Full`]; the
+    /// log stays usable. A failed fsync, or a failed undo, is
+    /// [`WalError::Failed`]: the caller must stop writing.
+    pub fn append(&mut self, record: &Record) -> Result<(), WalError> {
         self.buffer.clear();
         self.buffer.extend_from_slice(&[0; RECORD_HEADER]);
-        encode_payload(groups, &mut self.buffer);
-        let payload_len = self.buffer.len() - RECORD_HEADER;
-        let payload_len = u32::try_from(payload_len).map_err(|_| {
-            io::Error::new(
+        encode_payload(record, &mut self.buffer);
+        let payload_len = u32::try_from(self.buffer.len() - RECORD_HEADER).map_err(|_| {
+            WalError::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a single write batch is larger than 4 GiB",
-            )
+            ))
         })?;
-        let crc = crc32fast::hash(&self.buffer[RECORD_HEADER..]);
-        self.buffer[0..4].copy_from_slice(&payload_len.to_le_bytes());
-        self.buffer[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.file.write_all(&self.buffer)?;
-        self.file.sync_data()?;
+        self.buffer[0..4].copy_from_slice(&RECORD_MAGIC);
+        self.buffer[4..8].copy_from_slice(&payload_len.to_le_bytes());
+        let crc = record_crc(&self.buffer[4..8], &self.buffer[RECORD_HEADER..]);
+        self.buffer[8..12].copy_from_slice(&crc.to_le_bytes());
+        if let Err(error) = self
+            .faults
+            .write_at(IoTarget::Wal, &self.file, &self.buffer, self.len)
+        {
+            // Cut off whatever part of the record reached the file. It was
+            // never synced, but a later sync would persist it as damage.
+            if let Err(undo) = self.faults.set_len(IoTarget::Wal, &self.file, self.len) {
+                return Err(WalError::Failed(undo));
+            }
+            return Err(if is_disk_full(&error) {
+                WalError::Full(error)
+            } else {
+                WalError::Failed(error)
+            });
+        }
+        if let Err(error) = self.faults.sync(IoTarget::Wal, &self.file) {
+            // The caller is told the write failed, so it must not come back
+            // after a restart as if it had been acknowledged: cut it off
+            // (best effort: with fsync failing, nothing is certain).
+            let _ = self.faults.set_len(IoTarget::Wal, &self.file, self.len);
+            return Err(WalError::Failed(error));
+        }
         self.len += self.buffer.len() as u64;
         if self.buffer.capacity() > 16 << 20 {
             self.buffer = Vec::new();
@@ -90,25 +212,43 @@ impl WalWriter {
         Ok(())
     }
 
-    /// Starts the next segment; the caller deletes older ones once their
-    /// contents are checkpointed.
-    pub fn rotate(&mut self) -> io::Result<()> {
-        *self = Self::create(&self.dir, self.seq + 1)?;
+    /// Starts the next segment. On failure this one stays open and usable.
+    pub fn rotate(&mut self) -> Result<(), WalError> {
+        let next = Self::create(&self.dir, self.seq + 1, self.faults.clone())?;
+        *self = next;
         Ok(())
     }
 }
 
-fn encode_payload(groups: &[Group], out: &mut Vec<u8>) {
-    put_varint(out, groups.len() as u64);
-    for (sensor, points) in groups {
-        put_varint(out, sensor.as_str().len() as u64);
-        out.extend_from_slice(sensor.as_str().as_bytes());
-        put_varint(out, points.len() as u64);
-        out.reserve(points.len() * POINT_LEN);
-        for p in points {
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn record_crc(len: &[u8], payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(len);
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+fn encode_payload(record: &Record, out: &mut Vec<u8>) {
+    out.extend_from_slice(&record.version.unwrap_or(0).to_le_bytes());
+    put_varint(out, record.groups.len() as u64);
+    for group in &record.groups {
+        let id = group.sensor_id.as_str();
+        put_varint(out, id.len() as u64);
+        out.extend_from_slice(id.as_bytes());
+        out.push(if group.seqs.is_some() { HAS_SEQ } else { 0 });
+        put_varint(out, group.points.len() as u64);
+        let point_len = POINT_LEN + if group.seqs.is_some() { 8 } else { 0 };
+        out.reserve(group.points.len() * point_len);
+        for (i, p) in group.points.iter().enumerate() {
             out.extend_from_slice(&p.timestamp_ms.to_le_bytes());
             out.extend_from_slice(&p.value.to_bits().to_le_bytes());
             out.push(p.quality);
+            if let Some(seqs) = &group.seqs {
+                out.extend_from_slice(&seqs[i].to_le_bytes());
+            }
         }
     }
 }
@@ -117,61 +257,181 @@ fn encode_payload(groups: &[Group], out: &mut Vec<u8>) {
 #[derive(Debug, Default)]
 pub struct SegmentContents {
     /// Every intact record, in order.
-    pub records: Vec<Vec<Group>>,
-    /// Bytes after the intact prefix (a torn or damaged tail), ignored.
-    pub discarded_bytes: u64,
+    pub records: Vec<Record>,
+    /// Length of the intact prefix: where a torn tail starts.
+    pub intact_len: u64,
+    /// Bytes of a torn tail after the intact prefix (0 when none).
+    pub torn_bytes: u64,
 }
 
-/// Reads every intact record of a segment, stopping at the first damaged one.
-pub fn read_segment(path: &Path) -> io::Result<SegmentContents> {
+/// Reads every record of a segment. `newest` says whether it is the last
+/// segment, the only one that may end in a torn tail.
+pub fn read_segment(path: &Path, newest: bool) -> Result<SegmentContents, WalError> {
     let bytes = fs::read(path)?;
+    let damaged = |offset: usize, reason: &str| WalError::Damaged {
+        path: path.to_owned(),
+        offset: offset as u64,
+        reason: reason.to_owned(),
+    };
     let mut contents = SegmentContents::default();
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    if bytes.len() < MAGIC.len() {
         // A segment torn before its header was complete holds no record.
-        contents.discarded_bytes = bytes.len() as u64;
-        return Ok(contents);
+        if newest && (MAGIC.starts_with(&bytes) || MAGIC_V1.starts_with(&bytes)) {
+            contents.torn_bytes = bytes.len() as u64;
+            return Ok(contents);
+        }
+        return Err(damaged(0, "the segment header is cut short"));
+    }
+    if &bytes[..MAGIC.len()] == MAGIC_V1 {
+        return Ok(read_v1(&bytes));
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err(damaged(0, "not a write-ahead log segment (bad magic)"));
     }
     let mut at = MAGIC.len();
-    while let Some(header) = bytes.get(at..at + RECORD_HEADER) {
+    while at < bytes.len() {
+        match record_at(&bytes, at) {
+            Ok((record, end)) => {
+                contents.records.push(record);
+                at = end;
+            }
+            Err(reason) => {
+                if let Some(next) = next_intact_record(&bytes, at + 1) {
+                    return Err(damaged(
+                        at,
+                        &format!("{reason}, but an intact record follows at byte {next}"),
+                    ));
+                }
+                if !newest {
+                    return Err(damaged(
+                        at,
+                        &format!("{reason} in a segment that is not the newest"),
+                    ));
+                }
+                break;
+            }
+        }
+    }
+    contents.intact_len = at as u64;
+    contents.torn_bytes = (bytes.len() - at) as u64;
+    Ok(contents)
+}
+
+/// The record at `at` and where it ends, or why there is none.
+fn record_at(bytes: &[u8], at: usize) -> Result<(Record, usize), &'static str> {
+    let header = bytes
+        .get(at..at + RECORD_HEADER)
+        .ok_or("a record header is cut short")?;
+    if header[0..4] != RECORD_MAGIC {
+        return Err("bad record magic");
+    }
+    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    let end = at + RECORD_HEADER + len;
+    let payload = bytes
+        .get(at + RECORD_HEADER..end)
+        .ok_or("a record runs past the end of the segment")?;
+    if record_crc(&header[4..8], payload) != crc {
+        return Err("a record fails its checksum");
+    }
+    let record = decode_payload(payload).ok_or("a record's contents do not decode")?;
+    Ok((record, end))
+}
+
+/// The offset of the first intact record at or after `from`.
+fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while at + RECORD_HEADER <= bytes.len() {
+        let found = bytes[at..]
+            .windows(RECORD_MAGIC.len())
+            .position(|w| w == RECORD_MAGIC)?;
+        at += found;
+        if record_at(bytes, at).is_ok() {
+            return Some(at);
+        }
+        at += 1;
+    }
+    None
+}
+
+/// A first-format segment: stops at the first bad record (that format
+/// cannot tell damage from a torn tail).
+fn read_v1(bytes: &[u8]) -> SegmentContents {
+    let mut contents = SegmentContents::default();
+    let mut at = MAGIC_V1.len();
+    while let Some(header) = bytes.get(at..at + RECORD_HEADER_V1) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let Some(payload) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+        let Some(payload) = bytes.get(at + RECORD_HEADER_V1..at + RECORD_HEADER_V1 + len) else {
             break;
         };
         if crc32fast::hash(payload) != crc {
             break;
         }
-        let Some(groups) = decode_payload(payload) else {
+        let Some(groups) = decode_groups(payload, 0, false) else {
             break;
         };
-        contents.records.push(groups);
-        at += RECORD_HEADER + len;
+        contents.records.push(Record {
+            version: None,
+            groups,
+        });
+        at += RECORD_HEADER_V1 + len;
     }
-    contents.discarded_bytes = (bytes.len() - at) as u64;
-    Ok(contents)
+    contents.intact_len = at as u64;
+    contents.torn_bytes = (bytes.len() - at) as u64;
+    contents
 }
 
-fn decode_payload(payload: &[u8]) -> Option<Vec<Group>> {
-    let mut at = 0;
+fn decode_payload(payload: &[u8]) -> Option<Record> {
+    let version = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let groups = decode_groups(payload, 8, true)?;
+    Some(Record {
+        version: Some(version),
+        groups,
+    })
+}
+
+fn decode_groups(payload: &[u8], mut at: usize, with_flags: bool) -> Option<Vec<Group>> {
     let group_count = get_varint(payload, &mut at)?;
     let mut groups = Vec::new();
     for _ in 0..group_count {
         let id_len = get_varint(payload, &mut at)? as usize;
         let id = std::str::from_utf8(payload.get(at..at.checked_add(id_len)?)?).ok()?;
-        let sensor = SensorId::new(id).ok()?;
+        let sensor_id = SensorId::new(id).ok()?;
         at += id_len;
+        let flags = if with_flags {
+            let flags = *payload.get(at)?;
+            at += 1;
+            flags
+        } else {
+            0
+        };
+        let has_seq = flags & HAS_SEQ != 0;
         let count = get_varint(payload, &mut at)? as usize;
-        let bytes = payload.get(at..at.checked_add(count.checked_mul(POINT_LEN)?)?)?;
+        let point_len = POINT_LEN + if has_seq { 8 } else { 0 };
+        let bytes = payload.get(at..at.checked_add(count.checked_mul(point_len)?)?)?;
         at += bytes.len();
+        let u64_at =
+            |c: &[u8], i: usize| u64::from_le_bytes(c[i..i + 8].try_into().unwrap_or_default());
         let points = bytes
-            .chunks_exact(POINT_LEN)
+            .chunks_exact(point_len)
             .map(|c| Point {
-                timestamp_ms: i64::from_le_bytes(c[0..8].try_into().unwrap_or_default()),
-                value: f64::from_bits(u64::from_le_bytes(c[8..16].try_into().unwrap_or_default())),
+                timestamp_ms: u64_at(c, 0) as i64,
+                value: f64::from_bits(u64_at(c, 8)),
                 quality: c[16],
             })
             .collect();
-        groups.push((sensor, points));
+        let seqs = has_seq.then(|| {
+            bytes
+                .chunks_exact(point_len)
+                .map(|c| u64_at(c, 17))
+                .collect()
+        });
+        groups.push(Group {
+            sensor_id,
+            points,
+            seqs,
+        });
     }
     (at == payload.len()).then_some(groups)
 }
@@ -203,6 +463,96 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
 
+/// Cuts a torn tail off the newest segment, durably, so that once a newer
+/// segment exists this one reads as whole.
+pub fn truncate_torn_tail(path: &Path, intact_len: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(intact_len)?;
+    file.sync_all()
+}
+
+/// What [`repair_segment`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    pub segment: PathBuf,
+    /// Where the damaged original was moved.
+    pub moved_to: PathBuf,
+    /// Intact records kept.
+    pub records_kept: usize,
+    /// Byte ranges `[start, end)` of the original that held no intact record.
+    pub lost_ranges: Vec<(u64, u64)>,
+}
+
+/// Keeps every intact record of a damaged segment: moves the original to
+/// `wal/damaged/` and writes the intact records, in order, into a new
+/// segment of the same number.
+pub fn repair_segment(path: &Path) -> Result<RepairReport, WalError> {
+    let bytes = fs::read(path)?;
+    let mut records = Vec::new();
+    let mut lost_ranges = Vec::new();
+    let mut at = MAGIC.len().min(bytes.len());
+    if bytes.get(..MAGIC.len()) == Some(MAGIC_V1.as_slice()) {
+        records = read_v1(&bytes).records;
+    } else {
+        if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+            lost_ranges.push((0, at as u64));
+        }
+        while at < bytes.len() {
+            match record_at(&bytes, at) {
+                Ok((record, end)) => {
+                    records.push(record);
+                    at = end;
+                }
+                Err(_) => {
+                    let next = next_intact_record(&bytes, at + 1).unwrap_or(bytes.len());
+                    lost_ranges.push((at as u64, next as u64));
+                    at = next;
+                }
+            }
+        }
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let damaged_dir = dir.join("damaged");
+    fs::create_dir_all(&damaged_dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let moved_to = damaged_dir.join(format!("{name}.{stamp}"));
+
+    let seq = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| io::Error::other("not a segment file name"))?;
+    // The scratch directory is not scanned for segments: a crash midway
+    // leaves the original in place and the scratch copy ignored.
+    let scratch = dir.join("repair.tmp");
+    let _ = fs::remove_dir_all(&scratch);
+    let mut writer = WalWriter::create(&scratch, seq, Faults::default())?;
+    for record in &records {
+        writer.append(record)?;
+    }
+    drop(writer);
+    // Keep the original first (a copy, synced), then replace it atomically:
+    // at every moment the segment is either the original or the repair.
+    {
+        let mut copy = File::create(&moved_to)?;
+        std::io::Write::write_all(&mut copy, &bytes)?;
+        copy.sync_all()?;
+    }
+    fs::rename(segment_path(&scratch, seq), segment_path(dir, seq))?;
+    sync_dir(dir)?;
+    sync_dir(&damaged_dir)?;
+    fs::remove_dir_all(&scratch)?;
+    Ok(RepairReport {
+        segment: path.to_owned(),
+        moved_to,
+        records_kept: records.len(),
+        lost_ranges,
+    })
+}
+
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -228,7 +578,7 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn group(id: &str, n: i64) -> Group {
+    fn group(id: &str, n: i64, with_seqs: bool) -> Group {
         let points = (0..n)
             .map(|i| Point {
                 timestamp_ms: i,
@@ -236,48 +586,133 @@ mod tests {
                 quality: 192,
             })
             .collect();
-        (SensorId::new(id).unwrap(), points)
+        Group {
+            sensor_id: SensorId::new(id).unwrap(),
+            points,
+            seqs: with_seqs.then(|| (0..n as u64).map(|i| 1000 + i).collect()),
+        }
     }
 
-    #[test]
-    fn every_truncation_keeps_exactly_the_intact_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut wal = WalWriter::create(dir.path(), 7).unwrap();
+    fn record(version: u64, groups: Vec<Group>) -> Record {
+        Record {
+            version: Some(version),
+            groups,
+        }
+    }
+
+    fn three_records(dir: &Path) -> (Vec<Record>, Vec<u64>, PathBuf) {
+        let mut wal = WalWriter::create(dir, 7, Faults::default()).unwrap();
         let records = vec![
-            vec![group("a", 3)],
-            vec![group("Kessel Ü1/Temperatur", 10), group("b", 1)],
-            vec![group("c", 100)],
+            record(1 << 63, vec![group("a", 3, false)]),
+            record(
+                (1 << 63) + 1,
+                vec![
+                    group("Kessel Ü1/Temperatur", 10, true),
+                    group("b", 1, false),
+                ],
+            ),
+            record((1 << 63) + 2, vec![group("c", 100, false)]),
         ];
         let mut ends = vec![wal.len()];
         for record in &records {
             wal.append(record).unwrap();
             ends.push(wal.len());
         }
-        let path = segment_path(dir.path(), 7);
+        (records, ends, segment_path(dir, 7))
+    }
+
+    #[test]
+    fn every_truncation_of_the_newest_segment_keeps_exactly_the_intact_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (records, ends, path) = three_records(dir.path());
         let full = fs::read(&path).unwrap();
         for cut in 0..=full.len() {
             fs::write(&path, &full[..cut]).unwrap();
-            let contents = read_segment(&path).unwrap();
+            let contents = read_segment(&path, true).unwrap();
             let intact = ends.iter().filter(|&&end| end as usize <= cut).count();
             let expected = intact.saturating_sub(1);
             assert_eq!(contents.records.len(), expected, "cut at {cut}");
             assert_eq!(contents.records[..], records[..expected]);
+            assert_eq!(
+                contents.intact_len + contents.torn_bytes,
+                cut as u64,
+                "cut at {cut}"
+            );
         }
     }
 
     #[test]
-    fn a_flipped_bit_ends_the_log_at_the_damaged_record() {
+    fn damage_before_an_intact_record_is_an_error_naming_the_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = WalWriter::create(dir.path(), 1).unwrap();
-        wal.append(&[group("a", 5)]).unwrap();
-        let first_end = wal.len() as usize;
-        wal.append(&[group("b", 5)]).unwrap();
-        let path = segment_path(dir.path(), 1);
+        let (_, ends, path) = three_records(dir.path());
+        let original = fs::read(&path).unwrap();
+        for record in 0..3 {
+            let (start, end) = (ends[record] as usize, ends[record + 1] as usize);
+            for at in [start, start + 5, start + 9, start + 13, end - 1] {
+                let mut bytes = original.clone();
+                bytes[at] ^= 0x10;
+                fs::write(&path, &bytes).unwrap();
+                let result = read_segment(&path, true);
+                if record < 2 {
+                    match result {
+                        Err(WalError::Damaged { offset, .. }) => {
+                            assert_eq!(offset, start as u64, "record {record}, byte {at}")
+                        }
+                        other => panic!("record {record}, byte {at}: {other:?}"),
+                    }
+                } else {
+                    // The last record: indistinguishable from a torn write.
+                    let contents = result.unwrap();
+                    assert_eq!(contents.records.len(), 2);
+                    assert_eq!(contents.intact_len, start as u64);
+                }
+                // In an older segment, even the last record's damage counts.
+                assert!(matches!(
+                    read_segment(&path, false),
+                    Err(WalError::Damaged { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn repair_keeps_every_intact_record_and_moves_the_original_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (records, ends, path) = three_records(dir.path());
         let mut bytes = fs::read(&path).unwrap();
-        bytes[first_end + 20] ^= 0x10;
+        bytes[ends[1] as usize + 20] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
-        let contents = read_segment(&path).unwrap();
-        assert_eq!(contents.records, vec![vec![group("a", 5)]]);
-        assert_eq!(contents.discarded_bytes, (bytes.len() - first_end) as u64);
+        let report = repair_segment(&path).unwrap();
+        assert_eq!(report.records_kept, 2);
+        assert_eq!(report.lost_ranges, vec![(ends[1], ends[2])]);
+        assert_eq!(fs::read(&report.moved_to).unwrap(), bytes);
+        let contents = read_segment(&path, false).unwrap();
+        assert_eq!(
+            contents.records,
+            vec![records[0].clone(), records[2].clone()]
+        );
+    }
+
+    #[test]
+    fn first_format_segments_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000001.wal");
+        let mut bytes = MAGIC_V1.to_vec();
+        let mut payload = Vec::new();
+        put_varint(&mut payload, 1);
+        put_varint(&mut payload, 1);
+        payload.push(b'a');
+        put_varint(&mut payload, 1);
+        payload.extend_from_slice(&5i64.to_le_bytes());
+        payload.extend_from_slice(&2.5f64.to_bits().to_le_bytes());
+        payload.push(192);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        fs::write(&path, &bytes).unwrap();
+        let contents = read_segment(&path, true).unwrap();
+        assert_eq!(contents.records.len(), 1);
+        assert_eq!(contents.records[0].version, None);
+        assert_eq!(contents.records[0].groups[0].points[0].value, 2.5);
     }
 }
