@@ -435,7 +435,7 @@ async fn session(context: &Context, mut shutdown: Shutdown<'_>) -> Result<Sessio
             // this one is handed back too rather than left to `ack_wait`.
             if let Err(failure) = finish(in_flight.take()).await {
                 if let Some(group) = group {
-                    retry_later(group.messages.iter().map(|(message, _)| message)).await;
+                    retry_later(&client, group.messages.iter().map(|(message, _)| message)).await;
                 }
                 return Err(failure);
             }
@@ -591,8 +591,11 @@ async fn commit(context: Context, client: async_nats::Client, group: Group) -> R
                     Err(error) => {
                         stats.write_failures.fetch_add(1, Ordering::Relaxed);
                         let rest: Vec<_> = messages.collect();
-                        retry_later(std::iter::once(&message).chain(rest.iter().map(|(m, _)| m)))
-                            .await;
+                        retry_later(
+                            &client,
+                            std::iter::once(&message).chain(rest.iter().map(|(m, _)| m)),
+                        )
+                        .await;
                         return Err(Failure::Store(error));
                     }
                 }
@@ -601,21 +604,26 @@ async fn commit(context: Context, client: async_nats::Client, group: Group) -> R
         }
         Err(error) => {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            retry_later(group.messages.iter().map(|(message, _)| message)).await;
+            retry_later(&client, group.messages.iter().map(|(message, _)| message)).await;
             Err(Failure::Store(error))
         }
     }
 }
 
 /// Hands messages that were not written back to the server, for redelivery
-/// after [`RETRY_DELAY`] rather than after `ack_wait`. Best effort: a
-/// message whose negative acknowledgement is lost comes back after
-/// `ack_wait` anyway.
-async fn retry_later<'a>(messages: impl Iterator<Item = &'a jetstream::Message>) {
+/// after [`RETRY_DELAY`] rather than after `ack_wait`, and flushes: the
+/// session ends next, and its connection with it. Best effort: a message
+/// whose negative acknowledgement is lost comes back after `ack_wait`
+/// anyway.
+async fn retry_later<'a>(
+    client: &async_nats::Client,
+    messages: impl Iterator<Item = &'a jetstream::Message>,
+) {
     let naks = async {
         for message in messages {
             acknowledge(message, AckKind::Nak(Some(RETRY_DELAY))).await;
         }
+        let _ = client.flush().await;
     };
     let _ = tokio::time::timeout(ACK_TIMEOUT, naks).await;
 }

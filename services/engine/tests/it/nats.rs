@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use engine::ingest::IngestStats;
 use engine::ingest::nats::{NatsConfig, run};
+use engine::model::Sample;
 use engine::storage::{SharedStorage, StorageError};
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
@@ -90,6 +91,22 @@ async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: St
         .await
         .unwrap()
         .sequence
+}
+
+/// Waits until the engine created its stream and durable consumer.
+async fn wait_for_consumer(js: &async_nats::jetstream::Context) {
+    for _ in 0..400 {
+        if let Ok(stream) = js.get_stream("SENSORS").await
+            && stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>("sensor-engine")
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the engine never created its stream and consumer");
 }
 
 /// The engine's durable consumer as the server sees it.
@@ -237,90 +254,151 @@ async fn ingestion_waits_for_a_late_server_and_reconnects_after_a_restart() {
     consumer.stop().await;
 }
 
+/// Each sensor's chunks of 100 points are published twice, the rewrite two
+/// chunks after the first, with different values each time; the engine is
+/// SIGKILLed while it consumes, with messages delivered and not yet
+/// acknowledged. Those come back (duplicates) after the restarted engine
+/// already stored some of their rewrites: every point must end up stored
+/// once, with its last published value, bit for bit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_published_point_is_stored_exactly_once_across_a_sigkill() {
+async fn every_published_point_is_stored_exactly_once_with_its_last_value_across_a_sigkill() {
     use crate::grpc::{connect_engine, scan_all};
     use crate::ingest_support::Engine;
 
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(dir.path(), &["--nats-url", &nats.url()]);
-
-    // The engine creates the stream; wait for it before publishing.
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let mut tries = 0;
-    while js.get_stream("SENSORS").await.is_err() {
-        tries += 1;
-        assert!(tries < 200, "the engine never created the stream");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_consumer(&js).await;
 
-    const MESSAGES: i64 = 1000;
+    const CHUNKS: i64 = 250;
+    const POINTS: i64 = 100;
     const SENSORS: [&str; 4] = ["k/a", "k/b", "Kessel Ü1/Temperatur", "k/d"];
+    // (sensor, chunk) per publish: the first publish of chunk c, then the
+    // rewrite of chunk c - 2; a publish's values are those of its index.
+    let mut plan: Vec<(usize, i64)> = Vec::new();
+    for chunk in 0..CHUNKS + 2 {
+        for sensor in 0..SENSORS.len() {
+            if chunk < CHUNKS {
+                plan.push((sensor, chunk));
+            }
+            if chunk >= 2 {
+                plan.push((sensor, chunk - 2));
+            }
+        }
+    }
+    let total = plan.len() as u64;
+    // Published as fast as the server takes them (acknowledgements awaited
+    // afterwards), so the engine always has a backlog: at the kill, some
+    // messages are delivered to it and not yet acknowledged.
     let publisher = tokio::spawn({
         let js = js.clone();
+        let plan = plan.clone();
         async move {
-            for i in 0..MESSAGES {
-                let sensor = SENSORS[(i % 4) as usize];
-                let first_ts = (i / 4) * 100;
-                js.publish(
-                    format!("sensors.{}", i % 4),
-                    points_message(sensor, first_ts, 100, 0).into(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-                if i % 97 == 0 {
-                    js.publish("sensors.bad", "{oops".into())
+            let mut acks = Vec::new();
+            for (publish, &(sensor, chunk)) in plan.iter().enumerate() {
+                let payload =
+                    points_message(SENSORS[sensor], chunk * POINTS, POINTS, publish as u64);
+                acks.push(
+                    js.publish(format!("sensors.{sensor}"), payload.into())
                         .await
-                        .unwrap()
-                        .await
-                        .unwrap();
+                        .unwrap(),
+                );
+                if publish % 97 == 0 {
+                    acks.push(js.publish("sensors.bad", "{oops".into()).await.unwrap());
                 }
             }
+            let mut last = 0;
+            for ack in acks {
+                last = last.max(ack.await.unwrap().sequence);
+            }
+            last
         }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    engine.kill();
-    publisher.await.unwrap();
-
-    let engine = Engine::start(dir.path(), &["--nats-url", &nats.url()]);
-    let mut grpc = connect_engine(engine.grpc_url()).await;
-    let per_sensor = (MESSAGES / 4 * 100) as usize;
-    // Messages in flight at the kill come back after the consumer's
-    // ack_wait (10 s).
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Kill once the engine has acknowledged a good part, with more in flight.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut complete = true;
-        for sensor in SENSORS {
-            let stored = match scan_all(&mut grpc, sensor).await {
-                Ok(points) => points.len(),
-                Err(status) if status.code() == tonic::Code::NotFound => 0,
-                Err(status) => panic!("scan {sensor}: {status:?}"),
-            };
-            if stored < per_sensor {
-                complete = false;
-            }
-        }
-        if complete {
+        let info = consumer_info(&js).await;
+        if info.ack_floor.stream_sequence >= 300 && info.num_ack_pending > 0 {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
-            "not every point arrived"
+            Instant::now() < deadline,
+            "the engine did not consume: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    engine.kill();
+    let at_kill = consumer_info(&js).await;
+    let last_seq = publisher.await.unwrap();
+    assert!(
+        at_kill.ack_floor.stream_sequence > 0 && at_kill.ack_floor.stream_sequence < last_seq,
+        "the kill landed mid-stream: {at_kill:?} of {last_seq} messages"
+    );
+    assert!(
+        at_kill.num_ack_pending > 0,
+        "messages were in flight at the kill: {at_kill:?}"
+    );
+
+    let engine = Engine::start(dir.path(), &["--nats-url", &nats.url()]);
+    // Messages in flight at the kill come back after the consumer's
+    // ack_wait (10 s); wait until every message is acknowledged and none
+    // is pending redelivery, so that no stale write can come after the
+    // check below.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let settled = loop {
+        let info = consumer_info(&js).await;
+        if info.ack_floor.stream_sequence == last_seq
+            && info.num_ack_pending == 0
+            && info.num_pending == 0
+        {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everything was consumed: {info:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    for sensor in SENSORS {
+    };
+    assert!(
+        settled.delivered.consumer_sequence > settled.delivered.stream_sequence,
+        "some messages were delivered twice (redelivered after the kill): {settled:?}"
+    );
+
+    let mut grpc = connect_engine(engine.grpc_url()).await;
+    let last_publish_of = |sensor: usize, chunk: i64| {
+        plan.iter()
+            .rposition(|&planned| planned == (sensor, chunk))
+            .unwrap() as u64
+    };
+    for (index, sensor) in SENSORS.iter().enumerate() {
         let stored = scan_all(&mut grpc, sensor).await.expect("scan");
-        assert_eq!(stored.len(), per_sensor, "{sensor}: exactly once");
+        assert_eq!(
+            stored.len(),
+            (CHUNKS * POINTS) as usize,
+            "{sensor}: every point once"
+        );
         for (i, (ts, value)) in stored.iter().enumerate() {
-            assert_eq!(*ts, i as i64);
-            assert_eq!(value.to_bits(), value_of(*ts, 0).to_bits());
+            assert_eq!(*ts, i as i64, "{sensor}: points are contiguous from 0");
+            let last = last_publish_of(index, ts / POINTS);
+            assert_eq!(
+                value.to_bits(),
+                value_of(*ts, last).to_bits(),
+                "{sensor} at {ts}: the last published value ({}), not {value} (publish {})",
+                value_of(*ts, last),
+                (0..total)
+                    .find(|&p| value_of(*ts, p).to_bits() == value.to_bits())
+                    .map_or("none".to_owned(), |p| p.to_string()),
+            );
         }
     }
+    eprintln!(
+        "NATS SIGKILL: killed with {} acknowledged and {} in flight of {last_seq} messages; {} deliveries in all",
+        at_kill.ack_floor.stream_sequence,
+        at_kill.num_ack_pending,
+        settled.delivered.consumer_sequence
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,6 +426,207 @@ async fn shutdown_is_prompt_with_the_server_gone() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// What the store was asked to write, in order: `(sensor, seq, value,
+/// outcome)` per point.
+type WriteLog = Arc<Mutex<Vec<(String, Option<u64>, f64, &'static str)>>>;
+
+fn record(log: &WriteLog, samples: &[Sample], outcome: &'static str) {
+    let mut log = log.lock().unwrap();
+    for sample in samples {
+        log.push((
+            sample.sensor_id.as_str().to_owned(),
+            sample.seq,
+            sample.point.value,
+            outcome,
+        ));
+    }
+}
+
+/// Position in `log` of the write of `seq` to `sensor` with `outcome`.
+fn position(log: &WriteLog, sensor: &str, seq: u64, outcome: &str) -> Option<usize> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .position(|(s, q, _, o)| s == sensor && *q == Some(seq) && *o == outcome)
+}
+
+/// An older message for a point comes back after a newer one was stored:
+/// once because its first write was refused (nak, redelivered a second
+/// later), once because its write went through but its acknowledgement was
+/// lost. Either way the newer value stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_older_message_never_overwrites_a_newer_value() {
+    let nats = NatsServer::start();
+    let store = TestStore::shared(4096);
+    let log = WriteLog::default();
+    store.set_write_hook({
+        let log = Arc::clone(&log);
+        let mut faulted = std::collections::HashSet::new();
+        move |samples| {
+            let sensor = samples[0].sensor_id.as_str().to_owned();
+            let fault = match sensor.as_str() {
+                "refused" if faulted.insert(sensor.clone()) => {
+                    WriteFault::Refuse(StorageError::Backend("injected: write refused".into()))
+                }
+                "unacknowledged" if faulted.insert(sensor.clone()) => WriteFault::FailAfter(
+                    StorageError::Backend("injected: stored, acknowledgement lost".into()),
+                ),
+                _ => WriteFault::Pass,
+            };
+            let outcome = match fault {
+                WriteFault::Refuse(_) => "refused",
+                _ => "written",
+            };
+            record(&log, samples, outcome);
+            fault
+        }
+    });
+    let consumer = start_consumer(nats.url(), Arc::clone(&store));
+    consumer.wait_connected().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+
+    for (sensor, first_outcome) in [("refused", "refused"), ("unacknowledged", "written")] {
+        let older = publish(&js, "sensors.r", points_message(sensor, 1, 1, 1)).await;
+        assert!(
+            eventually(Duration::from_secs(20), || position(
+                &log,
+                sensor,
+                older,
+                first_outcome
+            )
+            .is_some())
+            .await,
+            "{sensor}: the first write never happened"
+        );
+        // The consumer naks the message (back in a second) and starts a new
+        // session after a short pause; published once that session is up
+        // (not into the failing one, where it would wait for `ack_wait`),
+        // the newer message is stored first.
+        let sessions = consumer.stats.connects.load(Ordering::SeqCst);
+        let stats = Arc::clone(&consumer.stats);
+        assert!(
+            eventually(Duration::from_secs(20), || stats
+                .connects
+                .load(Ordering::SeqCst)
+                > sessions)
+            .await,
+            "{sensor}: no new session after the failed write"
+        );
+        let newer = publish(&js, "sensors.r", points_message(sensor, 1, 1, 2)).await;
+        let redelivered_after_newer = || {
+            let newer_at = position(&log, sensor, newer, "written");
+            let log = log.lock().unwrap();
+            newer_at.is_some_and(|at| {
+                log[at..]
+                    .iter()
+                    .any(|(s, q, _, o)| s == sensor && *q == Some(older) && *o == "written")
+            })
+        };
+        assert!(
+            eventually(Duration::from_secs(30), redelivered_after_newer).await,
+            "{sensor}: the older message was not redelivered after the newer one was stored: {:?}",
+            log.lock().unwrap()
+        );
+        let stored = store.points(sensor);
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            stored[0].value.to_bits(),
+            value_of(1, 2).to_bits(),
+            "{sensor}: the newer value stays (older {}, newer {}, stored {})",
+            value_of(1, 1),
+            value_of(1, 2),
+            stored[0].value
+        );
+    }
+    consumer.stop().await;
+}
+
+/// While the store answers "disk full", nothing is acknowledged and the
+/// consumer keeps trying, pausing longer each time; once there is room,
+/// every message lands with its last value, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_ingestion_until_there_is_room_again() {
+    let nats = NatsServer::start();
+    let store = TestStore::shared(4096);
+    let full = Arc::new(AtomicBool::new(true));
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    store.set_write_hook({
+        let (full, refused) = (Arc::clone(&full), Arc::clone(&refused));
+        move |_| {
+            if full.load(Ordering::SeqCst) {
+                refused.fetch_add(1, Ordering::SeqCst);
+                WriteFault::Refuse(StorageError::Full(
+                    "injected: No space left on device".into(),
+                ))
+            } else {
+                WriteFault::Pass
+            }
+        }
+    });
+    let config = NatsConfig {
+        ack_wait: Duration::from_secs(2),
+        max_backoff: Duration::from_secs(1),
+        ..NatsConfig::new(nats.url())
+    };
+    let consumer = start_consumer_with(config, store.clone());
+    consumer.wait_connected().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+
+    // Each message rewrites the same 50 points with its own values.
+    const MESSAGES: u64 = 30;
+    let mut last_seq = 0;
+    for publish_index in 0..MESSAGES {
+        last_seq = publish(&js, "sensors.f", points_message("f", 0, 50, publish_index)).await;
+    }
+    let counted = Arc::clone(&refused);
+    assert!(
+        eventually(Duration::from_secs(20), || counted.load(Ordering::SeqCst)
+            >= 3)
+        .await,
+        "the consumer did not retry"
+    );
+    let info = consumer_info(&js).await;
+    assert_eq!(
+        info.ack_floor.stream_sequence, 0,
+        "acknowledged while full: {info:?}"
+    );
+    assert_eq!(consumer.stats.snapshot().messages, 0);
+    assert_eq!(store.total(), 0);
+
+    full.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = consumer_info(&js).await;
+        if info.ack_floor.stream_sequence == last_seq && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingestion did not resume: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = store.points("f");
+    assert_eq!(stored.len(), 50);
+    for point in stored {
+        assert_eq!(
+            point.value.to_bits(),
+            value_of(point.timestamp_ms, MESSAGES - 1).to_bits(),
+            "the last published value at {}",
+            point.timestamp_ms
+        );
+    }
+    assert!(
+        !consumer.task.is_finished(),
+        "the same consumer, never restarted"
+    );
+    let stats = consumer.stop().await;
+    assert!(stats.write_failures >= 3, "{stats:?}");
+    assert!(stats.messages >= MESSAGES, "{stats:?}");
 }
 
 /// A store that refuses writes until it is restarted (a failed fsync):
