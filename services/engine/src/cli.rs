@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 
 use crate::csv_format::{CsvEncoder, read_points};
-use crate::model::{SensorId, TimeRange, parse_timestamp};
+use crate::model::{SensorId, TimeRange, parse_duration, parse_timestamp};
+use crate::retention::RetentionRule;
 use crate::server::{self, ServeConfig};
 use crate::storage::embedded::EmbeddedStore;
 use crate::storage::{SharedStorage, StorageEngine, StorageError};
@@ -60,6 +61,18 @@ enum Command {
         /// Seconds an import's body may stall before the import is abandoned.
         #[arg(long, env = "ENGINE_IMPORT_IDLE_TIMEOUT", default_value_t = 30)]
         import_idle_timeout: u64,
+        /// Drop points older than AGE of sensors matching PATTERN, e.g.
+        /// `'plant/**=400d'`; repeatable, the first matching rule applies.
+        #[arg(
+            long = "retention",
+            value_name = "PATTERN=AGE",
+            env = "ENGINE_RETENTION",
+            value_delimiter = ','
+        )]
+        retention: Vec<RetentionRule>,
+        /// How often retention runs, e.g. `10m`.
+        #[arg(long, env = "ENGINE_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+        retention_interval: std::time::Duration,
     },
     /// Load a CSV (header `timestamp_ms,value,quality`) into one sensor, all
     /// or nothing: a bad row stores nothing of the file.
@@ -91,6 +104,24 @@ enum Command {
     Sensors {
         #[command(flatten)]
         data_dir: DataDir,
+    },
+    /// Write a consistent backup (zstd-compressed tar) of a store that is
+    /// not running; for a running one, `GET /api/v1/admin/backup`.
+    Backup {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The backup file to write; standard output when `-`.
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Rebuild a store from a backup into a new (or empty) directory.
+    Restore {
+        /// The backup file; standard input when `-`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Directory of the new store.
+        #[arg(long, env = "ENGINE_DATA_DIR")]
+        data_dir: PathBuf,
     },
     /// Recover a store whose write-ahead log is damaged (opening it says
     /// so): keeps every intact record, moves each damaged segment to
@@ -163,6 +194,8 @@ async fn execute(command: Command) -> Result<(), CliError> {
             demo,
             import_max_bytes,
             import_idle_timeout,
+            retention,
+            retention_interval,
         } => {
             let store = open_store(&data_dir.data_dir).await?;
             let config = ServeConfig {
@@ -173,6 +206,8 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 demo,
                 import_max_bytes,
                 import_idle_timeout: std::time::Duration::from_secs(import_idle_timeout),
+                retention,
+                retention_interval,
             };
             let storage: SharedStorage = store.clone();
             let result = server::run(config, storage, server::shutdown_signal()).await;
@@ -224,6 +259,47 @@ async fn execute(command: Command) -> Result<(), CliError> {
             }
             out.write_all(&buffer).map_err(CliError::Output)?;
             out.flush().map_err(CliError::Output)?;
+            Ok(())
+        }
+        Command::Backup { data_dir, output } => {
+            let store = open_store(&data_dir.data_dir).await?;
+            let summary = tokio::task::spawn_blocking(move || {
+                if output.as_os_str() == "-" {
+                    store.backup_to(io::BufWriter::new(io::stdout().lock()))
+                } else {
+                    let file = std::fs::File::create(&output).map_err(StorageError::Io)?;
+                    let summary = store.backup_to(io::BufWriter::new(&file))?;
+                    file.sync_all().map_err(StorageError::Io)?;
+                    Ok(summary)
+                }
+            })
+            .await
+            .map_err(|e| CliError::Usage(format!("backup panicked: {e}")))??;
+            eprintln!(
+                "backed up {} sensors: {} points in blocks ({} bytes), {} bytes of WAL",
+                summary.sensors, summary.points_in_blocks, summary.block_bytes, summary.wal_bytes
+            );
+            Ok(())
+        }
+        Command::Restore { input, data_dir } => {
+            let (manifest, summary) = tokio::task::spawn_blocking(move || {
+                if input.as_os_str() == "-" {
+                    EmbeddedStore::restore(io::stdin().lock(), &data_dir)
+                } else {
+                    let file = std::fs::File::open(&input).map_err(StorageError::Io)?;
+                    EmbeddedStore::restore(io::BufReader::new(file), &data_dir)
+                }
+            })
+            .await
+            .map_err(|e| CliError::Usage(format!("restore panicked: {e}")))??;
+            eprintln!(
+                "restored {} sensors from a backup taken at {}: {} points in blocks, {} bytes of WAL replayed",
+                summary.sensors,
+                jiff::Timestamp::from_millisecond(manifest.created_ms)
+                    .map_or_else(|_| manifest.created_ms.to_string(), |t| t.to_string()),
+                summary.points_in_blocks,
+                summary.wal_bytes
+            );
             Ok(())
         }
         Command::Repair { data_dir } => {

@@ -80,6 +80,9 @@ pub fn status_from(error: StorageError) -> Status {
         StorageError::Full(message) => {
             Status::resource_exhausted(format!("no space left for the store: {message}"))
         }
+        StorageError::Unsupported(what) => {
+            Status::unimplemented(format!("not supported by this store: {what}"))
+        }
         StorageError::Failed(message) => Status::unavailable(format!(
             "the store refuses writes until it is restarted: {message}"
         )),

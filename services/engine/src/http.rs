@@ -35,6 +35,7 @@ use tracing::Level;
 
 use crate::storage::SharedStorage;
 
+mod admin;
 pub mod error;
 mod health;
 pub mod import;
@@ -120,9 +121,13 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
     // little CPU. Not for XLSX, which is a zip already.
     let compress = CompressionLayer::new()
         .quality(CompressionLevel::Fastest)
-        .compress_when(DefaultPredicate::new().and(NotForContentType::const_new(
-            crate::export::XLSX_CONTENT_TYPE,
-        )));
+        .compress_when(
+            DefaultPredicate::new()
+                .and(NotForContentType::const_new(
+                    crate::export::XLSX_CONTENT_TYPE,
+                ))
+                .and(NotForContentType::const_new(admin::BACKUP_CONTENT_TYPE)),
+        );
     let api = Router::new()
         .route("/export", get(crate::export::export))
         .route("/import", post(import::import))
@@ -130,6 +135,7 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
         .route("/sensors", get(sensors::list))
         .route("/sensors/{id}", get(sensors::get))
         .route("/openapi.json", get(openapi::openapi))
+        .route("/admin/backup", get(admin::backup))
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed)
         .layer(compress);

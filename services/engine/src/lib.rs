@@ -15,6 +15,7 @@
 //!   reflection.
 //! - [`ingest`]: JSON points from NATS JetStream ([`ingest::nats`]), group
 //!   committed and acknowledged after they are durable.
+//! - [`retention`]: drops points older than a rule's age, in the background.
 //! - [`demo`]: the `serve --demo` plant simulator.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 
@@ -27,6 +28,7 @@ pub mod http;
 pub mod ingest;
 pub mod live;
 pub mod model;
+pub mod retention;
 pub mod series;
 pub mod server;
 pub mod storage;

@@ -34,8 +34,8 @@ use crate::http::{ApiError, params};
 use crate::model::TimeRange;
 use crate::model::{PointBatch, Sample, SensorId};
 use crate::storage::{
-    Downsampled, ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine,
-    StorageError, StoreHealth,
+    ByteStream, Downsampled, Dropped, ImportSummary, PointStream, SensorInfo, SharedStorage,
+    StorageEngine, StorageError, StoreHealth,
 };
 
 /// Writes a follower may fall behind before it is told to resynchronise.
@@ -287,6 +287,18 @@ impl StorageEngine for LiveStorage {
 
     fn health(&self) -> StoreHealth {
         self.inner.health()
+    }
+
+    async fn drop_before(
+        &self,
+        sensor_id: &SensorId,
+        before_ms: i64,
+    ) -> Result<Dropped, StorageError> {
+        self.inner.drop_before(sensor_id, before_ms).await
+    }
+
+    fn backup(&self) -> Result<ByteStream, StorageError> {
+        self.inner.backup()
     }
 
     async fn close(&self) -> Result<(), StorageError> {

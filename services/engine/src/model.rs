@@ -95,6 +95,128 @@ impl AsRef<str> for SensorId {
     }
 }
 
+/// A pattern over sensor ids: `*` matches any run of characters except
+/// `/`, `**` any run of characters, everything else itself. `plant/line-1/*`
+/// matches `plant/line-1/pressure` but not `plant/line-1/a/b`; `**` matches
+/// every sensor. Used by token scopes and retention rules alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorPattern {
+    text: String,
+    parts: Vec<PatternPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternPart {
+    Literal(String),
+    /// `*`: any run without `/`.
+    Segment,
+    /// `**`: any run.
+    Any,
+}
+
+/// Why a string is not a valid [`SensorPattern`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPattern {
+    #[error("the pattern is empty")]
+    Empty,
+    #[error("the pattern is {0} bytes long; at most 1024 are allowed")]
+    TooLong(usize),
+    #[error("the pattern contains the control character U+{0:04X}")]
+    ControlCharacter(u32),
+    #[error("`***` is ambiguous; use `**`")]
+    TripleStar,
+}
+
+impl SensorPattern {
+    pub fn new(text: &str) -> Result<Self, InvalidPattern> {
+        if text.is_empty() {
+            return Err(InvalidPattern::Empty);
+        }
+        if text.len() > 1024 {
+            return Err(InvalidPattern::TooLong(text.len()));
+        }
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(InvalidPattern::ControlCharacter(c as u32));
+        }
+        if text.contains("***") {
+            return Err(InvalidPattern::TripleStar);
+        }
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            if let Some(after) = rest.strip_prefix("**") {
+                parts.push(PatternPart::Any);
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix('*') {
+                parts.push(PatternPart::Segment);
+                rest = after;
+            } else {
+                let end = rest.find('*').unwrap_or(rest.len());
+                parts.push(PatternPart::Literal(rest[..end].to_owned()));
+                rest = &rest[end..];
+            }
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            parts,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `sensor_id` matches the whole pattern.
+    pub fn matches(&self, sensor_id: &str) -> bool {
+        matches_parts(&self.parts, sensor_id)
+    }
+}
+
+/// Glob matching in O(parts x length): `reach[j]` says whether the parts so
+/// far can match the first `j` bytes of `text`. (Backtracking would be
+/// exponential in the number of stars.) Bytes are safe here: `/` is ASCII,
+/// and a literal, being UTF-8, never starts inside a character.
+fn matches_parts(parts: &[PatternPart], text: &str) -> bool {
+    let text = text.as_bytes();
+    let mut reach = vec![false; text.len() + 1];
+    reach[0] = true;
+    for part in parts {
+        let mut next = vec![false; text.len() + 1];
+        match part {
+            PatternPart::Literal(literal) => {
+                let literal = literal.as_bytes();
+                for j in 0..=text.len() {
+                    if reach[j] && text[j..].starts_with(literal) {
+                        next[j + literal.len()] = true;
+                    }
+                }
+            }
+            PatternPart::Segment | PatternPart::Any => {
+                let crosses_slash = matches!(part, PatternPart::Any);
+                for j in 0..=text.len() {
+                    next[j] = reach[j]
+                        || (j > 0 && next[j - 1] && (crosses_slash || text[j - 1] != b'/'));
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[text.len()]
+}
+
+impl FromStr for SensorPattern {
+    type Err = InvalidPattern;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for SensorPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// One reading of one sensor.
 #[derive(Debug, Clone, Copy)]
 pub struct Point {
@@ -249,6 +371,36 @@ impl TimeRange {
     }
 }
 
+/// Parses a duration given as a number and a unit: `500ms`, `90s`, `15m`,
+/// `12h`, `400d`, `2w` (what retention rules and token expiries take).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h, d or w)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        other => return Err(format!("{other:?} is not a unit (ms, s, m, h, d or w)")),
+    };
+    let ms = number
+        .checked_mul(unit_ms)
+        .filter(|&ms| ms <= MAX_TIMESTAMP_MS as u64)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    if ms == 0 {
+        return Err(format!("{text:?} is zero"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
 /// Why a timestamp string was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidTimestamp {
@@ -345,6 +497,50 @@ mod tests {
             parse_timestamp("yesterday"),
             Err(InvalidTimestamp::Unparsable(_))
         ));
+    }
+
+    #[test]
+    fn patterns_match_segments_and_whole_ids() {
+        let matches = |pattern: &str, id: &str| SensorPattern::new(pattern).unwrap().matches(id);
+        assert!(matches("**", "anything/at/all"));
+        assert!(matches("plant/line-1/*", "plant/line-1/pressure"));
+        assert!(!matches("plant/line-1/*", "plant/line-1/a/b"));
+        assert!(!matches("plant/line-1/*", "plant/line-2/pressure"));
+        assert!(matches("plant/**", "plant/a/b/c"));
+        assert!(!matches("plant/**", "plantx/a"));
+        assert!(matches("*/temp", "boiler/temp"));
+        assert!(!matches("*/temp", "a/boiler/temp"));
+        assert!(matches("Kessel Ü*/Temperatur", "Kessel Ü1/Temperatur"));
+        assert!(matches("exact", "exact"));
+        assert!(!matches("exact", "exactly"));
+        assert!(matches("a*b*c", "axxbyyc"));
+        assert!(!matches("a*b*c", "axx/byyc"));
+        assert!(matches("*", "top-level"));
+        assert!(!matches("*", "a/b"));
+        // Many stars cost no more than a few (no backtracking).
+        let starry = format!("{}b", "*a".repeat(400));
+        assert!(!matches(&starry, &"a".repeat(255)));
+        assert_eq!(SensorPattern::new(""), Err(InvalidPattern::Empty));
+        assert_eq!(SensorPattern::new("a***"), Err(InvalidPattern::TripleStar));
+        assert_eq!(
+            SensorPattern::new("a\nb"),
+            Err(InvalidPattern::ControlCharacter(10))
+        );
+    }
+
+    #[test]
+    fn durations_have_units() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_duration("400d"),
+            Ok(Duration::from_secs(400 * 86_400))
+        );
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        for bad in ["", "10", "d", "1.5h", "-1d", "0s", "3y", "99999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

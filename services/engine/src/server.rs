@@ -37,6 +37,9 @@ pub struct ServeConfig {
     pub import_max_bytes: u64,
     /// See [`crate::http::HttpConfig::import_idle_timeout`].
     pub import_idle_timeout: Duration,
+    /// Retention rules, applied every `retention_interval`.
+    pub retention: Vec<crate::retention::RetentionRule>,
+    pub retention_interval: Duration,
 }
 
 /// Errors that stop the server.
@@ -99,6 +102,12 @@ pub async fn run(
     let simulator = config
         .demo
         .then(|| tokio::spawn(demo::run(storage.clone(), signal.clone().wait())));
+    let retention = tokio::spawn(crate::retention::run(
+        storage.clone(),
+        config.retention.clone(),
+        config.retention_interval,
+        signal.clone().wait(),
+    ));
 
     let http_config = crate::http::HttpConfig {
         web_dir: Some(config.web_dir.clone()),
@@ -131,6 +140,7 @@ pub async fn run(
     if let Some(task) = simulator {
         let _ = task.await;
     }
+    let _ = retention.await;
     http?;
     Ok(())
 }

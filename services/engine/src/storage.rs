@@ -16,6 +16,9 @@ use futures_util::stream::BoxStream;
 
 use crate::model::{PointBatch, Sample, SensorId, TimeRange};
 
+/// A stream of bytes a store produces (a backup), for an HTTP body or a file.
+pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, StorageError>>;
+
 pub mod embedded;
 pub mod m4;
 
@@ -46,6 +49,14 @@ pub struct SensorInfo {
     pub first_timestamp_ms: i64,
     /// Latest stored timestamp.
     pub last_timestamp_ms: i64,
+}
+
+/// What [`StorageEngine::drop_before`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub points: u64,
+    /// Bytes the store freed for reuse.
+    pub bytes: u64,
 }
 
 /// The outcome of a successful [`StorageEngine::import`].
@@ -86,6 +97,10 @@ pub enum StorageError {
     /// The store was shut down.
     #[error("the store is closed")]
     Closed,
+    /// This store cannot do that (a backup of a PostgreSQL store is
+    /// `pg_dump`'s job).
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
 }
 
 impl StorageError {
@@ -163,6 +178,25 @@ pub trait StorageEngine: Send + Sync + 'static {
             m4.add_batch(&batch?);
         }
         Ok(m4.finish())
+    }
+
+    /// Drops the points of one sensor older than `before_ms`, in whole
+    /// blocks where the store has them (retention): a point may outlive the
+    /// cut-off a little, never the reverse.
+    async fn drop_before(
+        &self,
+        sensor_id: &SensorId,
+        before_ms: i64,
+    ) -> Result<Dropped, StorageError> {
+        let _ = (sensor_id, before_ms);
+        Err(StorageError::Unsupported("retention".into()))
+    }
+
+    /// A consistent backup of the whole store, streamed: every write
+    /// acknowledged before the call is in it, no write is half in it, and
+    /// writes go on meanwhile.
+    fn backup(&self) -> Result<ByteStream, StorageError> {
+        Err(StorageError::Unsupported("online backup".into()))
     }
 
     /// How the store is doing right now; cheap (no I/O), so probes may call

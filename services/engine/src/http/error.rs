@@ -82,6 +82,9 @@ impl ApiError {
             ApiError::Storage(StorageError::Full(_)) => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
+            ApiError::Storage(StorageError::Unsupported(_)) => {
+                (StatusCode::NOT_IMPLEMENTED, "not_implemented")
+            }
             ApiError::Storage(StorageError::Closed | StorageError::Failed(_)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }

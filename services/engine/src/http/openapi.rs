@@ -50,7 +50,18 @@ pub fn document() -> Value {
           "responses": {
             "200": {"description": "Imported", "content": {"application/json": {"schema": {
               "type": "object", "properties": {"sensor_id": {"type": "string"}, "points": {"type": "integer"}}}}}},
-            "400": error("Malformed CSV, naming the line (invalid_csv), or bad parameter")
+            "400": error("Malformed CSV, naming the line (invalid_csv), or bad parameter"),
+            "408": error("The body stalled longer than --import-idle-timeout (request_timeout); nothing stored"),
+            "413": error("The body is larger than --import-max-bytes (payload_too_large); nothing stored"),
+            "503": error("The store refuses writes until it is restarted (unavailable)"),
+            "507": error("No space left for the store (insufficient_storage); nothing stored, retry later")
+          }}},
+        "/api/v1/admin/backup": {"get": {
+          "summary": "A consistent backup of the running store (tar, zstd), streamed while writes go on",
+          "responses": {
+            "200": {"description": "The backup; restore it with `engine restore --input FILE --data-dir NEW_DIR`",
+                    "content": {"application/zstd": {}}},
+            "501": error("This store has no online backup (not_implemented): use pg_dump for PostgreSQL")
           }}},
         "/api/v1/series": {"get": {
           "summary": "Chart data, M4-downsampled (first, min, max, last per time bucket)",

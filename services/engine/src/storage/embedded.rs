@@ -40,6 +40,7 @@
 //! staged in a file of their own while the source is read, then merged into
 //! the blocks in one transaction.
 
+mod backup;
 mod blocks;
 mod codec;
 mod head;
@@ -51,7 +52,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
 
@@ -65,13 +66,14 @@ use self::staging::StagingFile;
 use self::wal::{Group, Record, WalError, WalWriter};
 use super::m4::Downsampled;
 use super::{
-    ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError, StoreHealth,
-    receiver_stream,
+    ByteStream, Dropped, ImportSummary, PointStream, SensorInfo, StorageEngine, StorageError,
+    StoreHealth, receiver_stream,
 };
 use crate::model::{
     FIRST_DIRECT_VERSION, MAX_STREAM_SEQ, PointBatch, Sample, SensorId, TimeRange, check_timestamp,
 };
 
+pub use self::backup::{BackupSummary, Manifest as BackupManifest};
 pub use self::wal::RepairReport;
 
 /// Batches a scan decodes ahead of its consumer.
@@ -126,6 +128,9 @@ struct Inner {
     block_writer: Mutex<()>,
     signal: Arc<Signal>,
     health: HealthState,
+    /// Backups running: while any is, folded WAL segments are kept (a
+    /// backup copies them after its snapshot); the next fold deletes them.
+    backups_running: Arc<AtomicUsize>,
     options: EmbeddedOptions,
     /// Held for the store's lifetime: the OS releases it if the process dies.
     _lock: File,
@@ -370,6 +375,7 @@ impl EmbeddedStore {
             block_writer: Mutex::new(()),
             signal: Arc::clone(&signal),
             health: HealthState::new(),
+            backups_running: Arc::new(AtomicUsize::new(0)),
             options,
             _lock: lock,
         });
@@ -419,6 +425,26 @@ impl EmbeddedStore {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Writes a consistent backup (zstd-compressed tar) to `out`, on the
+    /// calling thread; writes go on meanwhile. See `backup` for the format.
+    pub fn backup_to(&self, out: impl std::io::Write) -> Result<BackupSummary, StorageError> {
+        let (snapshot, _running) = self.inner.backup_snapshot()?;
+        backup::write_backup(&snapshot, out)
+    }
+
+    /// Rebuilds a store in `dir` (new or empty) from a backup, replays the
+    /// WAL it holds and folds it: the store then holds exactly what the
+    /// backup did.
+    pub fn restore(
+        input: impl std::io::Read,
+        dir: &Path,
+    ) -> Result<(BackupManifest, BackupSummary), StorageError> {
+        let restored = backup::restore(input, dir)?;
+        let store = Self::open(dir)?;
+        store.inner.close()?;
+        Ok(restored)
     }
 
     fn stop_checkpointer(&self) {
@@ -775,7 +801,9 @@ impl Inner {
                 }
                 drop(self.signal.lock());
                 self.signal.progress.notify_all();
-                delete_segments_up_to(&self.dir.join("wal"), frozen.wal_seq);
+                if self.backups_running.load(Ordering::Acquire) == 0 {
+                    delete_segments_up_to(&self.dir.join("wal"), frozen.wal_seq);
+                }
                 Ok(true)
             }
             Err(error) => {
@@ -1018,6 +1046,46 @@ impl Inner {
         })
     }
 
+    /// The snapshot a backup copies, and the guard that keeps the WAL
+    /// segments it needs until it is done.
+    fn backup_snapshot(&self) -> Result<(backup::Snapshot, BackupRunning), StorageError> {
+        let wal = self.lock_wal()?;
+        self.backups_running.fetch_add(1, Ordering::AcqRel);
+        let running = BackupRunning(Arc::clone(&self.backups_running));
+        let txn = self.blocks.begin_read()?;
+        let checkpoint = blocks::meta_value(&txn, blocks::META_CHECKPOINT)?;
+        let (current, current_len) = (wal.writer.seq(), wal.writer.len());
+        drop(wal);
+        let mut segments = Vec::new();
+        for (seq, path) in wal::list_segments(&self.dir.join("wal"))? {
+            if seq <= checkpoint || seq > current {
+                continue;
+            }
+            let len = if seq == current {
+                current_len
+            } else {
+                std::fs::metadata(&path)?.len()
+            };
+            segments.push((seq, path, len));
+        }
+        Ok((backup::Snapshot { txn, segments }, running))
+    }
+
+    /// Retention: removes the sensor's blocks whose points all lie before
+    /// `before_ms`, and corrects its catalogue entry.
+    fn drop_before(&self, sensor_id: &SensorId, before_ms: i64) -> Result<Dropped, StorageError> {
+        let _block_writer = self.block_writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(key) = self.read_memory().keys.get(sensor_id).copied() else {
+            return Ok(Dropped::default());
+        };
+        let mut dropped = Dropped::default();
+        self.commit_blocks(0, |tables| {
+            dropped = tables.drop_blocks_before(sensor_id, key, before_ms)?;
+            Ok(())
+        })?;
+        Ok(dropped)
+    }
+
     fn close(&self) -> Result<(), StorageError> {
         let result = {
             let mut wal = match self.lock_wal() {
@@ -1037,6 +1105,48 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.signal.stop();
+    }
+}
+
+/// Counts a running backup for as long as it lives.
+struct BackupRunning(Arc<AtomicUsize>);
+
+impl Drop for BackupRunning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Hands what a blocking writer writes to an async reader, in chunks, with
+/// at most a few chunks in flight; fails with `BrokenPipe` once the reader
+/// is gone (the client left), which ends the backup.
+struct ChannelWriter {
+    sender: tokio::sync::mpsc::Sender<Result<bytes::Bytes, StorageError>>,
+    buffer: Vec<u8>,
+}
+
+const CHANNEL_CHUNK: usize = 256 << 10;
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHANNEL_CHUNK {
+            self.flush()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHANNEL_CHUNK),
+        ));
+        self.sender
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
     }
 }
 
@@ -1169,6 +1279,40 @@ impl StorageEngine for EmbeddedStore {
 
     fn health(&self) -> StoreHealth {
         self.inner.health.current()
+    }
+
+    async fn drop_before(
+        &self,
+        sensor_id: &SensorId,
+        before_ms: i64,
+    ) -> Result<Dropped, StorageError> {
+        let inner = self.inner.clone();
+        let sensor_id = sensor_id.clone();
+        tokio::task::spawn_blocking(move || inner.drop_before(&sensor_id, before_ms))
+            .await
+            .map_err(join_error)?
+    }
+
+    fn backup(&self) -> Result<ByteStream, StorageError> {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
+        // The snapshot is taken before this returns, so the backup covers
+        // every write acknowledged before the call.
+        let (snapshot, running) = self.inner.backup_snapshot()?;
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            let mut out = ChannelWriter {
+                sender: sender.clone(),
+                buffer: Vec::with_capacity(CHANNEL_CHUNK),
+            };
+            match backup::write_backup(&snapshot, &mut out) {
+                Ok(summary) => tracing::info!(?summary, "backup written"),
+                Err(error) => {
+                    tracing::warn!(%error, "backup ended early");
+                    let _ = sender.blocking_send(Err(error));
+                }
+            }
+        });
+        Ok(futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed())
     }
 
     async fn close(&self) -> Result<(), StorageError> {

@@ -293,6 +293,65 @@ impl<'txn> BlockTables<'txn> {
         Ok(())
     }
 
+    /// Removes a sensor's blocks whose last point lies before `before_ms`
+    /// and corrects its catalogue entry (removed when no block is left).
+    pub fn drop_blocks_before(
+        &mut self,
+        sensor_id: &SensorId,
+        key: u32,
+        before_ms: i64,
+    ) -> Result<crate::storage::Dropped, StorageError> {
+        let mut dropped = crate::storage::Dropped::default();
+        let mut doomed = Vec::new();
+        for entry in self
+            .blocks
+            .range((key, i64::MIN)..(key, before_ms))
+            .map_err(backend)?
+        {
+            let (k, v) = entry.map_err(backend)?;
+            let header = codec::header(v.value()).map_err(corrupt)?;
+            if header.last_ts >= before_ms {
+                break; // blocks never overlap: the rest reach past it too
+            }
+            doomed.push(k.value());
+            dropped.points += u64::from(header.count);
+            dropped.bytes += v.value().len() as u64;
+        }
+        if doomed.is_empty() {
+            return Ok(dropped);
+        }
+        for block_key in &doomed {
+            self.blocks.remove(*block_key).map_err(backend)?;
+            self.summaries.remove(*block_key).map_err(backend)?;
+        }
+        let stored = self
+            .sensors
+            .get(sensor_id.as_str())
+            .map_err(backend)?
+            .map(|guard| guard.value());
+        let first_left = match self
+            .blocks
+            .range((key, i64::MIN)..=(key, i64::MAX))
+            .map_err(backend)?
+            .next()
+        {
+            Some(entry) => Some(entry.map_err(backend)?.0.value().1),
+            None => None,
+        };
+        match (stored, first_left) {
+            (Some((_, count, _, last)), Some(first)) => {
+                let entry = (key, count.saturating_sub(dropped.points), first, last);
+                self.sensors
+                    .insert(sensor_id.as_str(), entry)
+                    .map_err(backend)?;
+            }
+            _ => {
+                self.sensors.remove(sensor_id.as_str()).map_err(backend)?;
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Returns how many timestamps are new.
     ///
     /// Each point goes to the block that starts at or before it (its
