@@ -129,12 +129,20 @@ fn samples_from_proto(points: Vec<pb::Point>) -> Result<Vec<Sample>, Status> {
                 point.quality
             ))
         })?;
+        // `value` has explicit presence: a writer that forgot it must hear
+        // so, not find 0.0 stored.
+        let value = point.value.ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "point {index} (sensor_id {:?}, timestamp_ms {timestamp_ms}): value is not set",
+                sensor_id.as_str()
+            ))
+        })?;
         samples.push(Sample {
             sensor_id,
             seq: None,
             point: Point {
                 timestamp_ms,
-                value: point.value.unwrap_or(0.0),
+                value,
                 quality,
             },
         });
@@ -415,6 +423,14 @@ mod tests {
         assert!(status.message().contains("quality 256"));
         let status = samples_from_proto(vec![point("a", i64::MAX, 1)]).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let mut unset = point("Kessel Ü1", 7, 192);
+        unset.value = None;
+        let status = samples_from_proto(vec![point("a", 1, 192), unset]).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            r#"point 1 (sensor_id "Kessel Ü1", timestamp_ms 7): value is not set"#
+        );
     }
 
     #[test]

@@ -481,6 +481,53 @@ pub(crate) mod tests {
         assert!(live.hub().subscribe(&a).recv().await.is_none());
     }
 
+    /// The numbers of an event's `values` parse back (with Rust's correctly
+    /// rounded parser, not serde_json's) to the very bits written: -0.0,
+    /// subnormals and full-precision values included.
+    #[test]
+    fn sse_event_values_are_bit_exact() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut values: Vec<f64> = (0..20_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                f64::from_bits(state)
+            })
+            .collect();
+        values.extend([
+            -0.0,
+            0.0,
+            5e-324,
+            -f64::MIN_POSITIVE,
+            f64::MAX,
+            f64::MIN,
+            0.1 + 0.2,
+        ]);
+        let batch: PointBatch = values
+            .iter()
+            .enumerate()
+            .map(|(i, &value)| Point {
+                timestamp_ms: i as i64,
+                value,
+                quality: 192,
+            })
+            .collect();
+        let json = points_json(&batch);
+        let start = json.find(r#""values":["#).unwrap() + r#""values":["#.len();
+        let end = start + json[start..].find(']').unwrap();
+        let texts: Vec<&str> = json[start..end].split(',').collect();
+        assert_eq!(texts.len(), values.len());
+        for (text, value) in texts.iter().zip(&values) {
+            if value.is_finite() {
+                let parsed: f64 = text.parse().unwrap();
+                assert_eq!(parsed.to_bits(), value.to_bits(), "{text}");
+            } else {
+                assert_eq!(*text, "null");
+            }
+        }
+    }
+
     #[test]
     fn sse_events_write_non_finite_values_as_null() {
         let batch: PointBatch = [

@@ -5,30 +5,44 @@
 //! one, at most [`NatsConfig::max_batch_messages`]), parse them, write all
 //! their points with **one** `storage.write` (group commit: one fsync for
 //! thousands of messages is what makes hundreds of thousands of points per
-//! second possible), and only then acknowledge them. A crash before the
-//! acknowledgements means JetStream redelivers, and rewriting a point is
-//! harmless (the later write of a `(sensor, timestamp)` wins with the same
-//! value), so every published point is stored exactly once.
+//! second possible), and only then acknowledge them.
+//!
+//! Every point carries the stream sequence of its message
+//! ([`Sample::seq`]), and the store keeps, per point, the write with the
+//! highest version: a message redelivered after a newer one for the same
+//! point was stored (a crash before the acknowledgements, a lost
+//! acknowledgement, a write that failed and was retried) changes nothing,
+//! and rewriting the same message is harmless. So every published point
+//! ends up stored once, with its last published value.
 //!
 //! Malformed messages are logged, counted, copied to a dead-letter subject
 //! (`sensors_dlq.<original subject>`, outside `sensors.>` so they never come
 //! back) and terminated (`+TERM`), so they never block the stream.
 //!
-//! NATS being down, at start or later, never blocks anything else: the
-//! consumer is its own task and reconnects with exponential backoff.
-//! Only features of nats-server 2.9 are used.
+//! Failures of any kind (NATS unreachable, the store refusing a write, a
+//! broken stream) end the session; the messages it had not written are
+//! negatively acknowledged with a delay (or simply come back after
+//! `ack_wait`), and a new session starts after a pause that grows
+//! exponentially, with jitter, over consecutive failures and shrinks back
+//! only after a run of successful writes ([`Backoff`]). A full disk thus
+//! costs a pause, not a restart. Each change of state is logged once, not
+//! each retry. NATS being down, at start or later, never blocks anything
+//! else: the consumer is its own task. Only features of nats-server 2.9 are
+//! used.
 
+use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 
-use super::{IngestStats, parse_message};
+use super::{IngestStats, MalformedMessage, parse_message};
 use crate::model::Sample;
 use crate::storage::{SharedStorage, StorageError};
 
@@ -54,7 +68,9 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// Maximum age of messages kept in a stream this consumer creates.
     pub max_age: Duration,
-    /// Longest pause between reconnection attempts.
+    /// First pause after a failure; it doubles with each consecutive one.
+    pub min_backoff: Duration,
+    /// Longest pause between attempts.
     pub max_backoff: Duration,
 }
 
@@ -71,6 +87,7 @@ impl NatsConfig {
             max_batch_messages: 5_000,
             ack_wait: Duration::from_secs(10),
             max_age: Duration::from_secs(7 * 24 * 3600),
+            min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
         }
     }
@@ -83,6 +100,16 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait at shutdown for the last group's write and acknowledgements.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// When messages whose write failed come back: soon, but not in a loop
+/// (the session ends, and the next one starts after the backoff anyway).
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Successful group commits in a row after which the backoff starts again
+/// from [`NatsConfig::min_backoff`]. One is not enough: a store that fails
+/// every other write, or a connection that drops after each batch, must
+/// still slow the retries down.
+const SUCCESS_RUN: u32 = 8;
+
 type Shutdown<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send)>;
 
 /// Why a session with the server ended.
@@ -94,49 +121,229 @@ enum SessionEnd {
 
 type SessionError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why a session failed. Every kind counts towards the backoff; the kind
+/// decides what is logged.
+#[derive(Debug)]
+enum Failure {
+    /// Connecting, or ensuring the stream and the consumer, failed.
+    Unreachable(SessionError),
+    /// The store refused a write; its messages were not acknowledged.
+    Store(StorageError),
+    /// The connection or the consumer's message stream broke after setup.
+    Stream(SessionError),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Unreachable(error) => write!(f, "cannot reach NATS JetStream: {error}"),
+            Failure::Store(error) => write!(f, "the store refused a write: {error}"),
+            Failure::Stream(error) => write!(f, "NATS message stream failed: {error}"),
+        }
+    }
+}
+
+impl Failure {
+    /// What is logged once per change: a failure of the same kind as the
+    /// one before is a retry, not news.
+    fn trouble(&self) -> Trouble {
+        match self {
+            Failure::Unreachable(_) => Trouble::Unreachable,
+            Failure::Store(StorageError::Full(_)) => Trouble::StoreFull,
+            Failure::Store(StorageError::Failed(_)) => Trouble::StoreFailed,
+            Failure::Store(_) => Trouble::Store,
+            Failure::Stream(_) => Trouble::Stream,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    Unreachable,
+    StoreFull,
+    StoreFailed,
+    Store,
+    Stream,
+}
+
+impl Trouble {
+    /// Whether a new session settles it (otherwise only a write does).
+    fn is_connection(self) -> bool {
+        matches!(self, Trouble::Unreachable | Trouble::Stream)
+    }
+}
+
+/// The pause before the next attempt: exponential over consecutive
+/// failures of any kind, with jitter, back to the start only after
+/// [`SUCCESS_RUN`] successful writes in a row. A successful connection is
+/// not a success: with a store that refuses writes every session connects
+/// and fails, and resetting there made a tight loop.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    /// Failures since the last run of successes.
+    failures: u32,
+    /// Successes since the last failure.
+    successes: u32,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max: max.max(min),
+            failures: 0,
+            successes: 0,
+        }
+    }
+
+    /// Counts a failure and returns the pause before the next attempt:
+    /// `min * 2^(failures - 1)` capped at `max`, of which the upper half is
+    /// random ("equal jitter": it still grows, and engines that failed
+    /// together do not retry together).
+    fn failed(&mut self) -> Duration {
+        let exponent = self.failures.min(30);
+        let base = self.min.saturating_mul(1 << exponent).min(self.max);
+        self.failures = self.failures.saturating_add(1);
+        self.successes = 0;
+        base / 2 + base.mul_f64(random_unit() / 2.0)
+    }
+
+    fn succeeded(&mut self) {
+        self.successes = self.successes.saturating_add(1);
+        if self.successes >= SUCCESS_RUN {
+            self.failures = 0;
+        }
+    }
+}
+
+/// A number in `[0, 1)`, random enough for jitter, without a crate: each
+/// `RandomState` has its own random keys.
+fn random_unit() -> f64 {
+    (RandomState::new().hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How ingestion is doing, as logged: one line per change, not per retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Consuming,
+    Interrupted(Trouble),
+}
+
+/// The backoff and the logged state, shared by the loop and the write
+/// tasks (a std mutex: never held across an `.await`).
+#[derive(Debug)]
+struct Progress {
+    backoff: Backoff,
+    state: State,
+    /// Failures since ingestion last worked, for the "resumed" line.
+    failures: u64,
+    since: Option<Instant>,
+}
+
+impl Progress {
+    fn new(config: &NatsConfig) -> Self {
+        Self {
+            backoff: Backoff::new(config.min_backoff, config.max_backoff),
+            state: State::Starting,
+            failures: 0,
+            since: None,
+        }
+    }
+
+    fn connected(&mut self, config: &NatsConfig) {
+        match self.state {
+            State::Starting => {
+                tracing::info!(url = %config.url, stream = %config.stream, durable = %config.durable, "consuming NATS JetStream");
+                self.state = State::Consuming;
+            }
+            State::Interrupted(trouble) if trouble.is_connection() => self.resumed(),
+            _ => {}
+        }
+    }
+
+    fn committed(&mut self) {
+        self.backoff.succeeded();
+        if matches!(self.state, State::Interrupted(_)) {
+            self.resumed();
+        }
+    }
+
+    fn resumed(&mut self) {
+        let interrupted_for = self.since.take().map(|since| since.elapsed());
+        tracing::info!(
+            failures = self.failures,
+            ?interrupted_for,
+            "NATS ingestion resumed"
+        );
+        self.failures = 0;
+        self.state = State::Consuming;
+    }
+
+    /// Counts a failure, logs it if it changes the state, and returns the
+    /// pause before the next attempt.
+    fn failed(&mut self, failure: &Failure, config: &NatsConfig) -> Duration {
+        let delay = self.backoff.failed();
+        let trouble = failure.trouble();
+        self.failures += 1;
+        self.since.get_or_insert_with(Instant::now);
+        if self.state == State::Interrupted(trouble) {
+            tracing::debug!(error = %failure, retry_in = ?delay, "NATS ingestion still interrupted");
+        } else {
+            tracing::warn!(error = %failure, url = %config.url, retry_in = ?delay, "NATS ingestion interrupted; retrying with growing pauses, logged again when this changes");
+            self.state = State::Interrupted(trouble);
+        }
+        delay
+    }
+}
+
 /// What a session's tasks share.
 #[derive(Clone)]
 struct Context {
     config: Arc<NatsConfig>,
     storage: SharedStorage,
     stats: Arc<IngestStats>,
+    progress: Arc<Mutex<Progress>>,
 }
 
-/// Consumes until `shutdown` completes, reconnecting with backoff whenever
-/// the server is unreachable or the consumer fails. Never returns an error:
-/// ingestion trouble is logged and counted, and must not stop the engine.
+impl Context {
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        // Every update is a few assignments: a panic cannot leave it torn.
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Consumes until `shutdown` completes, starting a new session after a
+/// growing pause whenever one fails. Never returns an error: ingestion
+/// trouble is logged and counted, and must not stop the engine.
 pub async fn run(
     config: NatsConfig,
     storage: SharedStorage,
     stats: Arc<IngestStats>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    let progress = Arc::new(Mutex::new(Progress::new(&config)));
     let context = Context {
         config: Arc::new(config),
         storage,
         stats,
+        progress,
     };
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut backoff = Duration::from_millis(100);
     loop {
-        let mut connected = false;
-        match session(&context, shutdown.as_mut(), &mut connected).await {
+        let delay = match session(&context, shutdown.as_mut()).await {
             Ok(SessionEnd::Stopped) => {
                 tracing::info!("NATS consumer stopped");
                 return;
             }
-            Err(error) => {
-                if connected {
-                    backoff = Duration::from_millis(100);
-                }
-                tracing::warn!(%error, url = %context.config.url, retry_in = ?backoff, "NATS ingestion interrupted");
-            }
-        }
+            Err(failure) => context.progress().failed(&failure, &context.config),
+        };
         tokio::select! {
             () = shutdown.as_mut() => return,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(context.config.max_backoff);
     }
 }
 
@@ -145,11 +352,7 @@ pub async fn run(
 /// Pipelined: while one group is being written (and then acknowledged) in
 /// its own task, the next is received and parsed. Groups are written one
 /// after the other, in order.
-async fn session(
-    context: &Context,
-    mut shutdown: Shutdown<'_>,
-    connected: &mut bool,
-) -> Result<SessionEnd, SessionError> {
+async fn session(context: &Context, mut shutdown: Shutdown<'_>) -> Result<SessionEnd, Failure> {
     let config = &context.config;
     let setup = async {
         let client = async_nats::ConnectOptions::new()
@@ -189,18 +392,24 @@ async fn session(
     };
     let (client, mut messages) = tokio::select! {
         () = shutdown.as_mut() => return Ok(SessionEnd::Stopped),
-        result = setup => result?,
+        result = setup => result.map_err(Failure::Unreachable)?,
     };
-    *connected = true;
     context.stats.connects.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(url = %config.url, stream = %config.stream, durable = %config.durable, "consuming NATS JetStream");
+    context.progress().connected(config);
 
-    let mut in_flight: Option<tokio::task::JoinHandle<Result<(), SessionError>>> = None;
+    let mut in_flight: Option<tokio::task::JoinHandle<Result<(), Failure>>> = None;
     let mut batch: Vec<jetstream::Message> = Vec::with_capacity(config.max_batch_messages);
     loop {
         let (first, stopping) = tokio::select! {
             biased;
             () = shutdown.as_mut() => (None, true),
+            // A failed write ends the session at once, not when the next
+            // message happens to arrive (which it would then hold back).
+            done = in_flight_done(&mut in_flight) => {
+                in_flight = None;
+                done?;
+                continue;
+            }
             next = messages.next() => (Some(next), false),
         };
         let mut failure: Option<SessionError> = None;
@@ -222,8 +431,14 @@ async fn session(
         }
         if !batch.is_empty() {
             let group = prepare(context, &client, &mut batch).await;
-            // Keep writes in order: the previous group first.
-            finish(in_flight.take()).await?;
+            // Keep writes in order: the previous group first. If it failed,
+            // this one is handed back too rather than left to `ack_wait`.
+            if let Err(failure) = finish(in_flight.take()).await {
+                if let Some(group) = group {
+                    retry_later(&client, group.messages.iter().map(|(message, _)| message)).await;
+                }
+                return Err(failure);
+            }
             if let Some(group) = group {
                 in_flight = Some(tokio::spawn(commit(context.clone(), client.clone(), group)));
             }
@@ -236,12 +451,19 @@ async fn session(
             let drain = async {
                 finish(in_flight.take()).await?;
                 if client.connection_state() == async_nats::connection::State::Connected {
-                    client.flush().await?;
+                    client
+                        .flush()
+                        .await
+                        .map_err(|error| Failure::Stream(error.into()))?;
                 }
-                Ok::<_, SessionError>(())
+                Ok::<_, Failure>(())
             };
             match tokio::time::timeout(DRAIN_TIMEOUT, drain).await {
-                Ok(result) => result?,
+                Ok(Ok(())) => {}
+                Ok(Err(failure)) => tracing::warn!(
+                    error = %failure,
+                    "NATS ingestion stopped with messages unacknowledged; they will be redelivered"
+                ),
                 Err(_) => tracing::warn!(
                     "NATS acknowledgements not confirmed within {DRAIN_TIMEOUT:?} at shutdown; \
                      the messages will be redelivered"
@@ -249,22 +471,33 @@ async fn session(
             }
             return Ok(SessionEnd::Stopped);
         }
-        if failure.is_some() {
-            finish(in_flight.take()).await?;
-        }
         if let Some(error) = failure {
-            return Err(error);
+            finish(in_flight.take()).await?;
+            return Err(Failure::Stream(error));
         }
     }
 }
 
+/// Completes when the group in flight is written and acknowledged (or
+/// failed); never while there is none.
+async fn in_flight_done(
+    task: &mut Option<tokio::task::JoinHandle<Result<(), Failure>>>,
+) -> Result<(), Failure> {
+    match task {
+        None => std::future::pending().await,
+        Some(task) => task
+            .await
+            .map_err(|error| Failure::Stream(Box::new(error)))?,
+    }
+}
+
 /// Waits for a group's write and acknowledgements.
-async fn finish(
-    task: Option<tokio::task::JoinHandle<Result<(), SessionError>>>,
-) -> Result<(), SessionError> {
+async fn finish(task: Option<tokio::task::JoinHandle<Result<(), Failure>>>) -> Result<(), Failure> {
     match task {
         None => Ok(()),
-        Some(task) => task.await.map_err(SessionError::from)?,
+        Some(task) => task
+            .await
+            .map_err(|error| Failure::Stream(Box::new(error)))?,
     }
 }
 
@@ -273,6 +506,19 @@ struct Group {
     samples: Vec<Sample>,
     /// The messages and their point counts.
     messages: Vec<(jetstream::Message, usize)>,
+}
+
+/// A message's points, each versioned with the message's stream sequence.
+fn samples_of(message: &jetstream::Message) -> Result<Vec<Sample>, MalformedMessage> {
+    let seq = message
+        .info()
+        .map_err(|error| MalformedMessage(format!("no JetStream metadata: {error}")))?
+        .stream_sequence;
+    let mut samples = parse_message(&message.payload)?;
+    for sample in &mut samples {
+        sample.seq = Some(seq);
+    }
+    Ok(samples)
 }
 
 /// Parses a group of messages (emptying `batch`); malformed ones are
@@ -285,7 +531,7 @@ async fn prepare(
     let mut samples: Vec<Sample> = Vec::new();
     let mut messages = Vec::with_capacity(batch.len());
     for message in batch.drain(..) {
-        match parse_message(&message.payload) {
+        match samples_of(&message) {
             Ok(points) => {
                 let count = points.len();
                 samples.extend(points);
@@ -299,14 +545,10 @@ async fn prepare(
 
 /// Writes one group with one store write and acknowledges its messages.
 ///
-/// A store failure is an error of the session (the messages are
-/// negatively acknowledged and come back), except rejected input, which is
-/// narrowed down to the messages at fault.
-async fn commit(
-    context: Context,
-    client: async_nats::Client,
-    group: Group,
-) -> Result<(), SessionError> {
+/// A store failure fails the session, its messages negatively acknowledged
+/// so that they come back; rejected input is narrowed down to the messages
+/// at fault.
+async fn commit(context: Context, client: async_nats::Client, group: Group) -> Result<(), Failure> {
     let stats = &context.stats;
     let storage = &context.storage;
     match storage.write(group.samples).await {
@@ -316,6 +558,7 @@ async fn commit(
             stats
                 .messages
                 .fetch_add(group.messages.len() as u64, Ordering::Relaxed);
+            context.progress().committed();
             // With the connection down, acknowledgements queue in the client
             // and, once its buffer is full, wait: give up on the session
             // instead of stalling (the points are stored; redelivery is
@@ -327,14 +570,15 @@ async fn commit(
             };
             tokio::time::timeout(ACK_TIMEOUT, acks)
                 .await
-                .map_err(|_| SessionError::from("NATS acknowledgements timed out"))
+                .map_err(|_| Failure::Stream("NATS acknowledgements timed out".into()))
         }
         Err(StorageError::InvalidInput(reason)) => {
             // Every point was validated, so this is the store's own limit:
             // find the messages it refuses, one by one.
             tracing::warn!(%reason, "store rejected a NATS batch; retrying message by message");
-            for (message, count) in group.messages {
-                let samples = parse_message(&message.payload).unwrap_or_default();
+            let mut messages = group.messages.into_iter();
+            while let Some((message, count)) = messages.next() {
+                let samples = samples_of(&message).unwrap_or_default();
                 match storage.write(samples).await {
                     Ok(()) => {
                         acknowledge(&message, AckKind::Ack).await;
@@ -346,7 +590,13 @@ async fn commit(
                     }
                     Err(error) => {
                         stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                        return Err(error.into());
+                        let rest: Vec<_> = messages.collect();
+                        retry_later(
+                            &client,
+                            std::iter::once(&message).chain(rest.iter().map(|(m, _)| m)),
+                        )
+                        .await;
+                        return Err(Failure::Store(error));
                     }
                 }
             }
@@ -354,13 +604,28 @@ async fn commit(
         }
         Err(error) => {
             stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            // Ask for redelivery soon rather than after `ack_wait`.
-            for (message, _) in &group.messages {
-                acknowledge(message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-            }
-            Err(error.into())
+            retry_later(&client, group.messages.iter().map(|(message, _)| message)).await;
+            Err(Failure::Store(error))
         }
     }
+}
+
+/// Hands messages that were not written back to the server, for redelivery
+/// after [`RETRY_DELAY`] rather than after `ack_wait`, and flushes: the
+/// session ends next, and its connection with it. Best effort: a message
+/// whose negative acknowledgement is lost comes back after `ack_wait`
+/// anyway.
+async fn retry_later<'a>(
+    client: &async_nats::Client,
+    messages: impl Iterator<Item = &'a jetstream::Message>,
+) {
+    let naks = async {
+        for message in messages {
+            acknowledge(message, AckKind::Nak(Some(RETRY_DELAY))).await;
+        }
+        let _ = client.flush().await;
+    };
+    let _ = tokio::time::timeout(ACK_TIMEOUT, naks).await;
 }
 
 async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
@@ -403,4 +668,45 @@ async fn dead_letter(
         }
     }
     acknowledge(message, AckKind::Term).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets_only_after_a_run_of_successes() {
+        let ms = Duration::from_millis;
+        let mut backoff = Backoff::new(ms(100), ms(3_000));
+        for base in [100, 200, 400, 800, 1_600, 3_000, 3_000, 3_000] {
+            let delay = backoff.failed();
+            // Equal jitter: between half the base and the base.
+            assert!(
+                delay >= ms(base) / 2 && delay <= ms(base),
+                "{delay:?} for a base of {base} ms"
+            );
+            // A few successes in between do not start it over.
+            for _ in 1..SUCCESS_RUN {
+                backoff.succeeded();
+            }
+        }
+        for _ in 0..SUCCESS_RUN {
+            backoff.succeeded();
+        }
+        assert!(
+            backoff.failed() <= ms(100),
+            "a run of successes starts over"
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_the_pauses() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let unit = random_unit();
+            assert!((0.0..1.0).contains(&unit));
+            seen.insert(unit.to_bits());
+        }
+        assert!(seen.len() > 40, "{}", seen.len());
+    }
 }

@@ -17,5 +17,7 @@ mod recovery;
 
 // Ingestion and live view (issue 5): gRPC, NATS, SSE, demo.
 mod grpc;
+// Values bit for bit through every way in and out (issue 8).
+mod bit_exact;
 mod ingest_support;
 mod nats;

@@ -1,21 +1,22 @@
 //! Helpers shared by the integration tests: deterministic data, the
-//! embedded store in a temporary directory (also behind [`TestStore`], with
-//! synchronous setup), a store wrapper that fails or counts mid-scan, and a
-//! real HTTP server on 127.0.0.1:0.
+//! embedded store in a temporary directory behind [`TestStore`] (synchronous
+//! setup; scans that count, rebatch or fail; writes that can be refused),
+//! and a real HTTP server on 127.0.0.1:0.
 
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use engine::http::{self, AppState, HttpConfig};
 use engine::model::{Point, PointBatch, Sample, SensorId, TimeRange};
 use engine::storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use engine::storage::{
-    ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine, StorageError,
+    Downsampled, ImportSummary, PointStream, SensorInfo, SharedStorage, StorageEngine,
+    StorageError, StoreHealth,
 };
 use futures_util::{StreamExt, stream};
 use tokio::sync::oneshot;
@@ -135,29 +136,119 @@ pub fn engine_bin() -> &'static str {
 
 // ---- HTTP test helpers ----
 
+/// What a [`WriteHook`] makes of one write.
+pub enum WriteFault {
+    /// The write goes to the store unchanged.
+    Pass,
+    /// The write is refused with this error; nothing reaches the store.
+    Refuse(StorageError),
+    /// The store takes the write, then the caller hears this error: a
+    /// durable write whose acknowledgement was lost.
+    FailAfter(StorageError),
+}
+
+/// Decides the fate of each write of a [`TestStore`].
+pub type WriteHook = Box<dyn FnMut(&[Sample]) -> WriteFault + Send>;
+
 /// The real embedded store in a temporary directory, for tests of the
-/// transports. `put` writes synchronously, for test setup; scans are cut into
-/// batches of at most `batch_rows` points, so that small data still streams
-/// in many batches (the store's own batches are blocks of up to 4096).
+/// transports, with what those tests need to observe or break:
+///
+/// - scans are cut into batches of at most `batch_rows` points, so that small
+///   data still streams in many batches (the store's own batches are blocks
+///   of up to 4096);
+/// - scans are counted (batches yielded, scans still open) and, with
+///   `fail_after`, fail after that many batches;
+/// - writes pass a [`WriteHook`] that may refuse them.
+///
+/// Everything else (`downsample`, `health`, `import`, `sensors`, ...) goes to
+/// the store unchanged, so the transports run their production paths. The
+/// one store wrapper of the tests: no copy-pasted forwarding to fall behind
+/// the trait.
 pub struct TestStore {
     store: Arc<EmbeddedStore>,
     batch_rows: usize,
+    fail_after: Option<usize>,
+    /// Batches the scans handed to their consumers.
+    pub batches_yielded: Arc<AtomicU64>,
+    /// Scans created and not yet dropped.
+    open_scans: Arc<AtomicU64>,
+    write_hook: Mutex<Option<WriteHook>>,
     _dir: tempfile::TempDir,
 }
+
+/// The same wrapper, as the export tests name it: a store whose scans are
+/// counted and may fail (see [`TestStore::embedded`]).
+pub type Instrumented = TestStore;
 
 impl TestStore {
     pub fn new(batch_rows: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
+        Self::wrap(Arc::new(store), dir, batch_rows, None)
+    }
+
+    fn wrap(
+        store: Arc<EmbeddedStore>,
+        dir: tempfile::TempDir,
+        batch_rows: usize,
+        fail_after: Option<usize>,
+    ) -> Self {
         Self {
-            store: Arc::new(store),
+            store,
             batch_rows: batch_rows.max(1),
+            fail_after,
+            batches_yielded: Arc::default(),
+            open_scans: Arc::default(),
+            write_hook: Mutex::new(None),
             _dir: dir,
         }
     }
 
     pub fn shared(batch_rows: usize) -> Arc<Self> {
         Arc::new(Self::new(batch_rows))
+    }
+
+    /// The store loaded with `points` for `sensor` through its
+    /// all-or-nothing import; scans yield the store's own batches and, with
+    /// `fail_after`, fail after that many.
+    pub async fn embedded(
+        sensor: &str,
+        points: Vec<(i64, f64, u8)>,
+        fail_after: Option<usize>,
+    ) -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_embedded(dir.path(), EmbeddedOptions::default()).await;
+        let batches: Vec<Result<PointBatch, StorageError>> = points
+            .chunks(65_536)
+            .map(|chunk| {
+                Ok(chunk
+                    .iter()
+                    .map(|&(timestamp_ms, value, quality)| Point {
+                        timestamp_ms,
+                        value,
+                        quality,
+                    })
+                    .collect())
+            })
+            .collect();
+        store
+            .import(
+                &SensorId::new(sensor).unwrap(),
+                stream::iter(batches).boxed(),
+            )
+            .await
+            .unwrap();
+        Arc::new(Self::wrap(store, dir, usize::MAX, fail_after))
+    }
+
+    /// Every write from now on goes through `hook` first.
+    pub fn set_write_hook(&self, hook: impl FnMut(&[Sample]) -> WriteFault + Send + 'static) {
+        *self.write_hook.lock().unwrap() = Some(Box::new(hook));
+    }
+
+    /// Scans created and not dropped yet: a dropped scan has stopped.
+    pub fn open_scans(&self) -> u64 {
+        self.open_scans.load(Ordering::SeqCst)
     }
 
     /// Writes points durably, without the async ceremony.
@@ -196,31 +287,65 @@ impl TestStore {
     }
 }
 
+/// Decrements a counter when dropped: lives inside a scan's stream.
+struct OpenScan(Arc<AtomicU64>);
+
+impl Drop for OpenScan {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[async_trait]
 impl StorageEngine for TestStore {
     async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
-        self.store.write(samples).await
+        let fault = match self.write_hook.lock().unwrap().as_mut() {
+            Some(hook) => hook(&samples),
+            None => WriteFault::Pass,
+        };
+        match fault {
+            WriteFault::Pass => self.store.write(samples).await,
+            WriteFault::Refuse(error) => Err(error),
+            WriteFault::FailAfter(error) => {
+                self.store.write(samples).await?;
+                Err(error)
+            }
+        }
     }
 
     fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
         let rows = self.batch_rows;
-        self.store
-            .scan(sensor_id, range)
-            .flat_map(move |item| {
-                let pieces: Vec<Result<PointBatch, StorageError>> = match item {
-                    Ok(batch) => (0..batch.len())
-                        .step_by(rows)
-                        .map(|from| {
-                            Ok((from..(from + rows).min(batch.len()))
-                                .map(|i| batch.point(i))
-                                .collect())
-                        })
-                        .collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                stream::iter(pieces)
-            })
-            .boxed()
+        self.open_scans.fetch_add(1, Ordering::SeqCst);
+        let open = OpenScan(Arc::clone(&self.open_scans));
+        let counter = Arc::clone(&self.batches_yielded);
+        let rebatched = self.store.scan(sensor_id, range).flat_map(move |item| {
+            let pieces: Vec<Result<PointBatch, StorageError>> = match item {
+                Ok(batch) if batch.len() <= rows => vec![Ok(batch)],
+                Ok(batch) => (0..batch.len())
+                    .step_by(rows)
+                    .map(|from| {
+                        Ok((from..(from + rows).min(batch.len()))
+                            .map(|i| batch.point(i))
+                            .collect())
+                    })
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            stream::iter(pieces)
+        });
+        let counted = rebatched.inspect(move |_| {
+            let _alive = &open;
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        match self.fail_after {
+            None => counted.boxed(),
+            Some(n) => counted
+                .take(n)
+                .chain(stream::once(async {
+                    Err(StorageError::Backend("injected failure".into()))
+                }))
+                .boxed(),
+        }
     }
 
     async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
@@ -239,95 +364,21 @@ impl StorageEngine for TestStore {
         self.store.import(sensor_id, batches).await
     }
 
-    async fn close(&self) -> Result<(), StorageError> {
-        self.store.close().await
-    }
-}
-
-/// Delegates to a real store; its scans fail after `fail_after` batches (if
-/// set) and count the batches they yield, to show a scan stopped.
-pub struct Instrumented {
-    pub inner: SharedStorage,
-    pub fail_after: Option<usize>,
-    pub batches_yielded: Arc<AtomicU64>,
-    /// The data directory of an embedded store, removed with the wrapper.
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Instrumented {
-    /// The real embedded store in a temporary directory, loaded with
-    /// `points` for `sensor` through its all-or-nothing import.
-    pub async fn embedded(
-        sensor: &str,
-        points: Vec<(i64, f64, u8)>,
-        fail_after: Option<usize>,
-    ) -> Arc<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open_embedded(dir.path(), EmbeddedOptions::default()).await;
-        let batches: Vec<Result<PointBatch, StorageError>> = points
-            .chunks(65_536)
-            .map(|chunk| {
-                Ok(chunk
-                    .iter()
-                    .map(|&(timestamp_ms, value, quality)| Point {
-                        timestamp_ms,
-                        value,
-                        quality,
-                    })
-                    .collect())
-            })
-            .collect();
-        store
-            .import(
-                &SensorId::new(sensor).unwrap(),
-                stream::iter(batches).boxed(),
-            )
-            .await
-            .unwrap();
-        Arc::new(Self {
-            inner: store,
-            fail_after,
-            batches_yielded: Arc::default(),
-            _dir: Some(dir),
-        })
-    }
-}
-
-#[async_trait]
-impl StorageEngine for Instrumented {
-    async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
-        self.inner.write(samples).await
-    }
-    fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
-        let counter = Arc::clone(&self.batches_yielded);
-        let scan = self.inner.scan(sensor_id, range).inspect(move |_| {
-            counter.fetch_add(1, Ordering::SeqCst);
-        });
-        match self.fail_after {
-            None => scan.boxed(),
-            Some(n) => scan
-                .take(n)
-                .chain(stream::once(async {
-                    Err(StorageError::Backend("injected failure".into()))
-                }))
-                .boxed(),
-        }
-    }
-    async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
-        self.inner.sensors().await
-    }
-    async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
-        self.inner.sensor(sensor_id).await
-    }
-    async fn import(
+    async fn downsample(
         &self,
         sensor_id: &SensorId,
-        batches: PointStream,
-    ) -> Result<ImportSummary, StorageError> {
-        self.inner.import(sensor_id, batches).await
+        range: TimeRange,
+        buckets: usize,
+    ) -> Result<Downsampled, StorageError> {
+        self.store.downsample(sensor_id, range, buckets).await
     }
+
+    fn health(&self) -> StoreHealth {
+        self.store.health()
+    }
+
     async fn close(&self) -> Result<(), StorageError> {
-        self.inner.close().await
+        self.store.close().await
     }
 }
 
