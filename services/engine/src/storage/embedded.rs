@@ -422,6 +422,13 @@ impl EmbeddedStore {
         Ok(reports)
     }
 
+    /// Folds everything into blocks and gives the file's free pages back
+    /// to the file system, whatever its size (`engine compact`; the store
+    /// must not be serving).
+    pub fn compact(&self) -> Result<bool, StorageError> {
+        self.inner.blocks.compact_if_worthwhile(true)
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -1098,7 +1105,12 @@ impl Inner {
             wal.closed = true;
             result
         };
-        result.and_then(|()| self.fold_all())
+        result.and_then(|()| self.fold_all())?;
+        // Closing is the moment no scan holds the file: give free pages back.
+        if let Err(error) = self.blocks.compact_if_worthwhile(false) {
+            tracing::warn!(%error, "could not compact blocks.redb");
+        }
+        Ok(())
     }
 }
 
@@ -1324,10 +1336,59 @@ impl StorageEngine for EmbeddedStore {
     }
 }
 
-/// Exposed for the fold's own tests and benches: how many heads wait.
+/// Where a store's bytes go: what the blocks encode, column by column, and
+/// what the file takes. See [`EmbeddedStore::footprint`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub blocks: u64,
+    pub points: u64,
+    /// Encoded bytes: header, timestamps, values, qualities, versions.
+    pub columns: [u64; 5],
+    /// Summaries of the blocks (for downsampling and counts).
+    pub summary_bytes: u64,
+    /// `blocks.redb`: its length, and the bytes the file system allocated.
+    pub file_apparent: u64,
+    pub file_allocated: u64,
+}
+
+impl Footprint {
+    pub fn encoded(&self) -> u64 {
+        self.columns.iter().sum()
+    }
+}
+
+/// Exposed for the fold's own tests and benches.
 #[doc(hidden)]
 impl EmbeddedStore {
+    /// How many frozen heads wait to be folded.
     pub fn frozen_heads(&self) -> usize {
         self.inner.read_memory().frozen.len()
+    }
+
+    /// Reads every block to tell where the bytes go.
+    pub fn footprint(&self) -> Result<Footprint, StorageError> {
+        use redb::ReadableTable;
+        use std::os::unix::fs::MetadataExt;
+        let txn = self.inner.blocks.begin_read()?;
+        let mut footprint = Footprint::default();
+        let blocks = txn.open_table(blocks::BLOCKS).map_err(blocks::backend)?;
+        for entry in blocks.iter().map_err(blocks::backend)? {
+            let (_, value) = entry.map_err(blocks::backend)?;
+            let sizes = codec::column_sizes(value.value()).map_err(blocks::corrupt)?;
+            for (total, size) in footprint.columns.iter_mut().zip(sizes) {
+                *total += size as u64;
+            }
+            footprint.blocks += 1;
+            footprint.points +=
+                u64::from(codec::header(value.value()).map_err(blocks::corrupt)?.count);
+        }
+        let summaries = txn.open_table(blocks::SUMMARIES).map_err(blocks::backend)?;
+        for entry in summaries.iter().map_err(blocks::backend)? {
+            footprint.summary_bytes += entry.map_err(blocks::backend)?.1.value().len() as u64;
+        }
+        let metadata = std::fs::metadata(self.inner.dir.join("blocks.redb"))?;
+        footprint.file_apparent = metadata.len();
+        footprint.file_allocated = metadata.blocks() * 512;
+        Ok(footprint)
     }
 }

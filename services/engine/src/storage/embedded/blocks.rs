@@ -60,6 +60,9 @@ pub struct Stats {
     pub last: i64,
 }
 
+/// Largest `blocks.redb` compacted at every close (seconds at most).
+const COMPACT_ON_CLOSE_MAX_BYTES: u64 = 2 << 30;
+
 /// `blocks.redb`, reopenable: redb refuses every operation after a failed
 /// write until the database is closed and opened again, which is how a
 /// store recovers from a full disk without a restart.
@@ -154,6 +157,41 @@ impl Blocks {
             self.reopen()?;
         }
         Ok(self.db.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Gives the file's free pages back when they are a good part of it
+    /// (after retention, or after an import rewrote many blocks); without
+    /// `force`, only for files small enough to compact in a moment. Needs the
+    /// database to itself: skipped while any read transaction is open.
+    pub fn compact_if_worthwhile(&self, force: bool) -> Result<bool, StorageError> {
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = slot.as_mut() else {
+            return Ok(false);
+        };
+        let used = {
+            let txn = db.begin_write().map_err(backend)?;
+            let stats = txn.stats().map_err(backend)?;
+            txn.abort().map_err(backend)?;
+            stats.allocated_pages() * stats.page_size() as u64
+        };
+        let file = std::fs::metadata(&self.path)?.len();
+        if file < used + used / 16 {
+            return Ok(false);
+        }
+        if !force && file > COMPACT_ON_CLOSE_MAX_BYTES {
+            tracing::info!(
+                free_bytes = file - used,
+                "blocks.redb has free pages; `engine compact` gives them back (too large to do at every close)"
+            );
+            return Ok(false);
+        }
+        match db.compact() {
+            Ok(_) => Ok(true),
+            Err(error) => {
+                tracing::debug!(%error, "compaction skipped");
+                Ok(false)
+            }
+        }
     }
 
     pub fn begin_read(&self) -> Result<ReadTransaction, StorageError> {
@@ -393,7 +431,9 @@ impl<'txn> BlockTables<'txn> {
             let merged = match owner {
                 Some((start, bytes)) => {
                     let header = codec::header(&bytes).map_err(corrupt)?;
-                    if header.count as usize >= MAX_BLOCK_POINTS && ts > header.last_ts {
+                    let full = header.count as usize >= MAX_BLOCK_POINTS
+                        || bytes.len() >= codec::MAX_BLOCK_BYTES * 7 / 8;
+                    if full && ts > header.last_ts {
                         VersionedColumns::from_points(group)
                     } else {
                         let existing = VersionedColumns::decode(&bytes)?;
@@ -406,14 +446,12 @@ impl<'txn> BlockTables<'txn> {
                 None => VersionedColumns::from_points(group),
             };
             added += (merged.batch.len() - replaced_len) as u64;
-            for from in (0..merged.batch.len()).step_by(MAX_BLOCK_POINTS) {
-                let to = (from + MAX_BLOCK_POINTS).min(merged.batch.len());
+            for (from, to, block) in merged.encode_blocks() {
                 let (ts, values, qualities) = (
                     &merged.batch.timestamps[from..to],
                     &merged.batch.values[from..to],
                     &merged.batch.qualities[from..to],
                 );
-                let block = codec::encode(ts, values, qualities, &merged.versions[from..to]);
                 let block_key = (key, ts[0]);
                 self.blocks
                     .insert(block_key, block.as_slice())
@@ -451,6 +489,35 @@ impl VersionedColumns {
         let mut versions = Vec::with_capacity(header.count as usize);
         codec::decode_versions(block, &mut versions).map_err(corrupt)?;
         Ok(Self { batch, versions })
+    }
+
+    /// Cuts the run into blocks of at most [`MAX_BLOCK_POINTS`] points and
+    /// [`codec::MAX_BLOCK_BYTES`] bytes: `(from, to, encoded)` each.
+    fn encode_blocks(&self) -> Vec<(usize, usize, Vec<u8>)> {
+        let n = self.batch.len();
+        let mut out = Vec::with_capacity(n.div_ceil(MAX_BLOCK_POINTS));
+        let mut from = 0;
+        while from < n {
+            let mut to = (from + MAX_BLOCK_POINTS).min(n);
+            loop {
+                let block = codec::encode(
+                    &self.batch.timestamps[from..to],
+                    &self.batch.values[from..to],
+                    &self.batch.qualities[from..to],
+                    &self.versions[from..to],
+                );
+                if block.len() <= codec::MAX_BLOCK_BYTES || to - from == 1 {
+                    out.push((from, to, block));
+                    break;
+                }
+                // Too big: take the share that fits, with a little slack
+                // (points differ in size), and try again.
+                let fitting = (to - from) * codec::MAX_BLOCK_BYTES / block.len() * 63 / 64;
+                to = from + fitting.clamp(1, to - from - 1);
+            }
+            from = to;
+        }
+        out
     }
 
     /// Merges newer points in; see [`Versioned::supersedes`].

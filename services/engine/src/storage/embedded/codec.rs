@@ -8,10 +8,16 @@
 //! timestamps: mode u8, then
 //!     REGULAR: delta varint            (every step the same: 0 bytes a point)
 //!     DELTA_OF_DELTA: first delta, then count-2 delta-of-delta, zigzag varints
+//!     PACKED_STEPS: smallest step varint, width u8, count-1 bit-packed
+//!                   `step - smallest` (jittery or irregular steps)
 //! values: mode u8, then
 //!     DECIMAL: scale u8, first int zigzag varint, width u8, count-1 bit-packed
 //!              zigzag deltas of `value * 10^scale` (values that are exact
 //!              decimals, as most sensors quantise: ~1 byte a point)
+//!     DECIMAL_PATCHED: DECIMAL, then exceptions varint and per exception
+//!              (position delta varint, bits u64): the few values that are
+//!              not decimals (-0.0, NaN, an odd reading) cost 9 bytes each
+//!              instead of pushing the whole block to XOR
 //!     XOR: first bits u64, then per value a control byte (trailing zero bytes
 //!          << 4 | significant bytes) and the significant bytes of
 //!          `bits ^ previous bits` (Gorilla's idea, byte-aligned for speed)
@@ -26,17 +32,26 @@
 //! message) read it without decoding the values. Blocks of version 1 have no
 //! versions column; their points take [`FIRST_DIRECT_VERSION`].
 //!
-//! Every value round-trips bit-exactly: decimal mode is only chosen when
-//! `(int as f64) / 10^scale`, computed from the stored integer exactly as
-//! the decoder does, reproduces each value's bits. That excludes `-0.0`
-//! (its integer is 0), NaN and infinities; XOR mode stores bits.
+//! Every value round-trips bit-exactly: a value is stored as a decimal only
+//! when `(int as f64) / 10^scale`, computed from the stored integer exactly
+//! as the decoder does, reproduces its bits. That excludes `-0.0` (its
+//! integer is 0), NaN and infinities, which are stored as exceptions with
+//! their bits; XOR mode stores bits.
 
 use crate::model::{FIRST_DIRECT_VERSION, PointBatch};
 
-/// Points per block at most. Big enough that per-block overhead vanishes and
-/// a scan is a few hundred sequential reads per million points; small enough
-/// that rewriting a block for a late point is cheap.
-pub const MAX_BLOCK_POINTS: usize = 4096;
+/// Points per block at most (a block is also cut at [`MAX_BLOCK_BYTES`],
+/// which full-precision data reaches at about 4,500 points). Big enough that
+/// per-block overhead vanishes and a scan is a few hundred sequential reads
+/// per million points; small enough that rewriting a block for a late point
+/// is cheap.
+pub const MAX_BLOCK_POINTS: usize = 8192;
+
+/// Bytes per block at most: redb keeps a block in a leaf page of its own
+/// (20 bytes of leaf overhead), in power-of-two multiples of 4 KiB, so a
+/// block just over 32 KiB would take 64 KiB. Cut below that, a block fills
+/// its page.
+pub const MAX_BLOCK_BYTES: usize = 32 * 1024 - 64;
 
 const VERSION: u8 = 2;
 const VERSION_1: u8 = 1;
@@ -45,8 +60,10 @@ const HEADER_LEN: usize = HEADER_LEN_1 + 4;
 
 const TS_REGULAR: u8 = 0;
 const TS_DELTA_OF_DELTA: u8 = 1;
+const TS_PACKED_STEPS: u8 = 2;
 const VALUES_DECIMAL: u8 = 0;
 const VALUES_XOR: u8 = 1;
+const VALUES_DECIMAL_PATCHED: u8 = 2;
 const VERSIONS_CONSTANT: u8 = 0;
 const VERSIONS_DELTA: u8 = 1;
 
@@ -202,6 +219,33 @@ pub fn decode_into(block: &[u8], out: &mut PointBatch) -> Result<BlockHeader, Co
     Ok(header)
 }
 
+/// Bytes of each part of an encoded block: header, timestamps, values,
+/// qualities, versions. For finding where the bytes go.
+pub fn column_sizes(block: &[u8]) -> Result<[usize; 5], CodecError> {
+    let header = header(block)?;
+    let n = header.count as usize;
+    let mut reader = Reader {
+        bytes: block,
+        at: header.columns_at,
+    };
+    let mut scratch = PointBatch::with_capacity(n);
+    let mut ends = [header.columns_at, 0, 0, 0, 0];
+    decode_timestamps(&mut reader, header.first_ts, n, &mut scratch.timestamps)?;
+    ends[1] = reader.at;
+    decode_values(&mut reader, n, &mut scratch.values)?;
+    ends[2] = reader.at;
+    decode_qualities(&mut reader, n, &mut scratch.qualities)?;
+    ends[3] = reader.at;
+    ends[4] = block.len();
+    Ok([
+        ends[0],
+        ends[1] - ends[0],
+        ends[2] - ends[1],
+        ends[3] - ends[2],
+        ends[4] - ends[3],
+    ])
+}
+
 fn min_max(values: &[f64]) -> (f64, f64) {
     let mut min = f64::NAN;
     let mut max = f64::NAN;
@@ -227,6 +271,35 @@ fn encode_timestamps(timestamps: &[i64], out: &mut Vec<u8>) {
         put_varint(out, delta as u64);
         return;
     }
+    // Two encodings of irregular steps; the smaller wins. Delta-of-delta
+    // varints suit steps that are mostly regular with rare jumps;
+    // bit-packed steps suit jitter and report-by-exception data (steps of
+    // 1 to 199 ms pack into 8 bits, where their differences need 9 bits
+    // and varints 2 bytes).
+    let (mut min_delta, mut max_delta) = (i64::MAX, i64::MIN);
+    let mut dod_bytes = varint_len(delta as u64);
+    let mut previous_delta = delta;
+    for w in timestamps.windows(2) {
+        let d = w[1] - w[0];
+        min_delta = min_delta.min(d);
+        max_delta = max_delta.max(d);
+        dod_bytes += varint_len(zigzag(d - previous_delta));
+        previous_delta = d;
+    }
+    dod_bytes -= varint_len(zigzag(0)); // the first step has no difference
+    let width = 64 - ((max_delta - min_delta) as u64).leading_zeros();
+    let packed_bytes = varint_len(min_delta as u64) + 1 + ((n - 1) * width as usize).div_ceil(8);
+    if packed_bytes < dod_bytes {
+        out.push(TS_PACKED_STEPS);
+        put_varint(out, min_delta as u64);
+        out.push(width as u8);
+        let mut packer = BitPacker::new(out);
+        for w in timestamps.windows(2) {
+            packer.put((w[1] - w[0] - min_delta) as u64, width as u8);
+        }
+        packer.finish();
+        return;
+    }
     out.push(TS_DELTA_OF_DELTA);
     put_varint(out, delta as u64);
     let mut previous_delta = delta;
@@ -235,6 +308,10 @@ fn encode_timestamps(timestamps: &[i64], out: &mut Vec<u8>) {
         put_varint(out, zigzag(delta - previous_delta));
         previous_delta = delta;
     }
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn decode_timestamps(
@@ -267,48 +344,113 @@ fn decode_timestamps(
                 return Err(CodecError("delta-of-delta block with one point"));
             }
         }
+        TS_PACKED_STEPS => {
+            // `first_delta` is the smallest step here.
+            let width = reader.byte()? as u32;
+            if width > 63 {
+                return Err(CodecError("bad bit width"));
+            }
+            let packed = reader.take(((n - 1) * width as usize).div_ceil(8))?;
+            let mask = if width == 0 {
+                0
+            } else {
+                u64::MAX >> (64 - width)
+            };
+            let mut ts = first;
+            for i in 0..n - 1 {
+                let bit = i * width as usize;
+                let word = read_u64_padded(packed, bit / 8);
+                // A step of up to 63 bits may straddle 9 bytes.
+                let spill = if bit % 8 + width as usize > 64 {
+                    (*packed.get(bit / 8 + 8).unwrap_or(&0) as u64) << (64 - bit % 8)
+                } else {
+                    0
+                };
+                let step = ((word >> (bit % 8)) | spill) & mask;
+                ts = ts.wrapping_add(first_delta).wrapping_add(step as i64);
+                out.push(ts);
+            }
+        }
         _ => return Err(CodecError("unknown timestamp mode")),
     }
     Ok(())
 }
 
-/// The smallest scale at which every value is an exact decimal, if any.
-fn decimal_scale(values: &[f64]) -> Option<u8> {
-    'scales: for scale in 0..=MAX_DECIMAL_SCALE {
-        let power = POWERS_OF_TEN[scale as usize];
-        for &v in values {
-            let int = (v * power).round();
-            // Checked exactly as `decode_values` will rebuild it: from the
-            // integer, so -0.0 (whose integer is 0) is refused here.
-            if int.is_nan()
-                || int.abs() >= MAX_DECIMAL_INT
-                || ((int as i64) as f64 / power).to_bits() != v.to_bits()
-            {
-                continue 'scales;
+/// Whether `v` is the exact decimal `round(v * 10^scale) / 10^scale`,
+/// computed as `decode_values` rebuilds it: from the integer, so -0.0
+/// (whose integer is 0) and NaN never are.
+fn is_decimal(v: f64, scale: u8) -> bool {
+    let power = POWERS_OF_TEN[scale as usize];
+    let int = (v * power).round();
+    !int.is_nan()
+        && int.abs() < MAX_DECIMAL_INT
+        && ((int as i64) as f64 / power).to_bits() == v.to_bits()
+}
+
+/// How to store a block's values as decimals: the smallest scale at which
+/// all but a few values are exact decimals, and those few (-0.0, NaN, a
+/// reading of other precision), to be stored as they are. `None` when more
+/// than one value in 16 would be an exception: XOR does better then.
+///
+/// A value that is an exact decimal at some scale is one at every larger
+/// scale too (both are the correctly rounded quotient of the same number),
+/// so raising the scale for a later value never spoils an earlier one.
+fn decimal_plan(values: &[f64]) -> Option<(u8, Vec<usize>)> {
+    let budget = values.len() / 16;
+    let mut scale = 0u8;
+    let mut exceptions = Vec::new();
+    for (i, &v) in values.iter().enumerate() {
+        match (scale..=MAX_DECIMAL_SCALE).find(|&s| is_decimal(v, s)) {
+            Some(s) => scale = s,
+            None => {
+                exceptions.push(i);
+                if exceptions.len() > budget {
+                    return None;
+                }
             }
         }
-        return Some(scale);
     }
-    None
+    (exceptions.len() < values.len()).then_some((scale, exceptions))
 }
 
 fn encode_values(values: &[f64], out: &mut Vec<u8>) {
-    match decimal_scale(values) {
-        Some(scale) => encode_decimal(values, scale, out),
+    match decimal_plan(values) {
+        Some((scale, exceptions)) => encode_decimal(values, scale, &exceptions, out),
         None => encode_xor(values, out),
     }
 }
 
-fn encode_decimal(values: &[f64], scale: u8, out: &mut Vec<u8>) {
+/// Decimal values: `round(value * 10^scale)` as bit-packed zigzag deltas.
+/// An exception repeats the previous integer (a zero delta costs nothing
+/// more than any other), and its bits follow the packed deltas.
+fn encode_decimal(values: &[f64], scale: u8, exceptions: &[usize], out: &mut Vec<u8>) {
     let power = POWERS_OF_TEN[scale as usize];
-    let ints: Vec<i64> = values.iter().map(|v| (v * power).round() as i64).collect();
+    let mut ints: Vec<i64> = Vec::with_capacity(values.len());
+    let mut next_exception = exceptions.iter().peekable();
+    let first_regular = values
+        .iter()
+        .enumerate()
+        .find(|(i, _)| !exceptions.contains(i))
+        .map_or(0, |(_, v)| (v * power).round() as i64);
+    for (i, v) in values.iter().enumerate() {
+        if next_exception.peek() == Some(&&i) {
+            next_exception.next();
+            ints.push(ints.last().copied().unwrap_or(first_regular));
+        } else {
+            ints.push((v * power).round() as i64);
+        }
+    }
     let deltas: Vec<u64> = ints.windows(2).map(|w| zigzag(w[1] - w[0])).collect();
     let width = deltas
         .iter()
         .map(|d| 64 - d.leading_zeros())
         .max()
         .unwrap_or(0) as u8;
-    out.push(VALUES_DECIMAL);
+    out.push(if exceptions.is_empty() {
+        VALUES_DECIMAL
+    } else {
+        VALUES_DECIMAL_PATCHED
+    });
     out.push(scale);
     put_varint(out, zigzag(ints[0]));
     out.push(width);
@@ -317,6 +459,15 @@ fn encode_decimal(values: &[f64], scale: u8, out: &mut Vec<u8>) {
         packer.put(d, width);
     }
     packer.finish();
+    if !exceptions.is_empty() {
+        put_varint(out, exceptions.len() as u64);
+        let mut previous = 0;
+        for &i in exceptions {
+            put_varint(out, (i - previous) as u64);
+            previous = i;
+            out.extend_from_slice(&values[i].to_bits().to_le_bytes());
+        }
+    }
 }
 
 fn encode_xor(values: &[f64], out: &mut Vec<u8>) {
@@ -341,7 +492,8 @@ fn encode_xor(values: &[f64], out: &mut Vec<u8>) {
 
 fn decode_values(reader: &mut Reader<'_>, n: usize, out: &mut Vec<f64>) -> Result<(), CodecError> {
     match reader.byte()? {
-        VALUES_DECIMAL => {
+        mode @ (VALUES_DECIMAL | VALUES_DECIMAL_PATCHED) => {
+            let start = out.len();
             let scale = reader.byte()?;
             let power = *POWERS_OF_TEN
                 .get(scale as usize)
@@ -364,6 +516,26 @@ fn decode_values(reader: &mut Reader<'_>, n: usize, out: &mut Vec<f64>) -> Resul
                 let word = read_u64_padded(packed, bit / 8);
                 int = int.wrapping_add(unzigzag((word >> (bit % 8)) & mask));
                 out.push(int as f64 / power);
+            }
+            if mode == VALUES_DECIMAL_PATCHED {
+                let exceptions = reader.varint()? as usize;
+                if exceptions > n {
+                    return Err(CodecError("more exceptions than values"));
+                }
+                let mut at = 0usize;
+                for _ in 0..exceptions {
+                    at = at.saturating_add(reader.varint()? as usize);
+                    let bits = u64::from_le_bytes(
+                        reader
+                            .take(8)?
+                            .try_into()
+                            .map_err(|_| CodecError("short value"))?,
+                    );
+                    *out.get_mut(start + at)
+                        .filter(|_| at < n)
+                        .ok_or(CodecError("an exception outside the block"))? =
+                        f64::from_bits(bits);
+                }
             }
         }
         VALUES_XOR => {
@@ -619,6 +791,71 @@ mod tests {
         }
         let block = encode(&[1, 2], &[21.5, 0.0], &[192, 192], &[1, 1]);
         assert_eq!(block[HEADER_LEN + 2], VALUES_DECIMAL, "+0.0 stays decimal");
+    }
+
+    #[test]
+    fn a_few_odd_values_keep_a_block_decimal() {
+        let mut state = 11u64;
+        let mut value = 0i64;
+        let mut values: Vec<f64> = (0..MAX_BLOCK_POINTS)
+            .map(|_| {
+                value += (xorshift(&mut state) % 21) as i64 - 10;
+                value as f64 / 100.0
+            })
+            .collect();
+        let plain = roundtrip(&batch_of(&values, |i| i as i64 * 1000));
+        // A sensor failure (NaN with a payload), a -0.0 from rounding around
+        // zero, an infinity, a full-precision reading: still decimal, each
+        // costing about 9 bytes.
+        values[0] = -0.0;
+        values[17] = f64::from_bits(0x7ff8_0000_dead_beef);
+        values[18] = f64::NEG_INFINITY;
+        values[4000] = 0.1 + 0.2;
+        values[MAX_BLOCK_POINTS - 1] = f64::NAN;
+        let patched = roundtrip(&batch_of(&values, |i| i as i64 * 1000));
+        assert!(patched < plain + 5 * 12, "{plain} -> {patched} bytes");
+        // Too many exceptions: XOR, which keeps every bit too.
+        for v in values.iter_mut().step_by(8) {
+            *v = f64::NAN;
+        }
+        roundtrip(&batch_of(&values, |i| i as i64 * 1000));
+        // Only exceptions.
+        roundtrip(&batch_of(&[f64::NAN, -0.0], |i| i as i64));
+    }
+
+    #[test]
+    fn irregular_steps_pack_into_their_bit_width() {
+        let mut state = 3u64;
+        let mut ts = 1_767_225_600_000i64;
+        let timestamps: Vec<i64> = (0..MAX_BLOCK_POINTS)
+            .map(|_| {
+                ts += 1 + (xorshift(&mut state) % 199) as i64;
+                ts
+            })
+            .collect();
+        let values = vec![1.5; MAX_BLOCK_POINTS];
+        let size = roundtrip(&batch_of(&values, |i| timestamps[i]));
+        // 8 bits a step, about a byte a point in all.
+        assert!(size < MAX_BLOCK_POINTS * 11 / 10, "{size} bytes");
+        // Steps as wide as the timestamp range allows, mixed with small ones.
+        let (min, max) = (
+            crate::model::MIN_TIMESTAMP_MS,
+            crate::model::MAX_TIMESTAMP_MS,
+        );
+        for huge in [(1i64 << 40) + 12345, (max - min) / 3] {
+            let mut ts = min;
+            let mut timestamps = vec![ts];
+            for i in 0.. {
+                let step = if i % 2 == 0 { 7 } else { huge };
+                if max - ts < step {
+                    break;
+                }
+                ts += step;
+                timestamps.push(ts);
+            }
+            let values = vec![2.0; timestamps.len()];
+            roundtrip(&batch_of(&values, |i| timestamps[i]));
+        }
     }
 
     #[test]
