@@ -15,7 +15,9 @@ use crate::model::{SensorId, parse_duration, parse_timestamp};
 use crate::retention::RetentionRule;
 use crate::server::{self, ServeConfig};
 use crate::storage::embedded::EmbeddedStore;
-use crate::storage::{SharedStorage, StorageEngine, StorageError};
+use crate::storage::postgres::PgStorage;
+use crate::storage::{SharedStorage, StorageError};
+use crate::store_copy;
 
 /// Sensor time-series engine: stores sensor readings, serves the dashboard,
 /// exports raw data as CSV or Excel.
@@ -26,13 +28,18 @@ pub struct Cli {
     command: Command,
 }
 
-/// The data directory flag shared by every command.
+/// Where the data is: the flags shared by every command.
 #[derive(Debug, clap::Args)]
 struct DataDir {
     /// Directory of the embedded store; created if missing. Only one process
     /// can use it at a time.
     #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// Use PostgreSQL instead of the data directory:
+    /// postgres://USER@HOST:PORT/DATABASE (the engine creates its tables).
+    /// Several engines may share one database.
+    #[arg(long, env = "ENGINE_STORE", value_name = "URL")]
+    store: Option<String>,
 }
 
 /// `engine export`'s flags: the HTTP export's parameters by other names.
@@ -193,6 +200,17 @@ enum Command {
         #[command(flatten)]
         data_dir: DataDir,
     },
+    /// Copy every sensor from one store to another, then check point counts
+    /// and a checksum per sensor. Rerun after an interruption: sensors
+    /// already copied are skipped.
+    Copy {
+        /// The source: a data directory or a postgres:// URL.
+        #[arg(long, value_name = "DIR|URL")]
+        from: String,
+        /// The destination: a data directory or a postgres:// URL.
+        #[arg(long, value_name = "DIR|URL")]
+        to: String,
+    },
     /// Write a consistent backup (zstd-compressed tar) of a store that is
     /// not running; for a running one, `GET /api/v1/admin/backup`.
     Backup {
@@ -236,6 +254,8 @@ enum CliError {
     Output(io::Error),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Copy(#[from] store_copy::CopyError),
 }
 
 /// `engine export`: the same request and the same bytes as the HTTP export.
@@ -341,7 +361,43 @@ pub fn run() -> ExitCode {
     }
 }
 
-async fn open_store(data_dir: &Path) -> Result<Arc<EmbeddedStore>, CliError> {
+/// Opens the store a command names: PostgreSQL with `--store`, else the
+/// embedded store in `--data-dir`.
+async fn open_store(location: &DataDir) -> Result<SharedStorage, CliError> {
+    match &location.store {
+        Some(url) if is_postgres_url(url) => Ok(Arc::new(PgStorage::connect(url).await?)),
+        Some(url) => Err(CliError::Usage(format!(
+            "--store takes a postgres:// URL, not {url:?}; a data directory goes to --data-dir"
+        ))),
+        None => Ok(open_embedded(&location.data_dir).await?),
+    }
+}
+
+/// Refuses `--store` for a command of the embedded store alone.
+fn embedded_only(location: &DataDir, command: &str) -> Result<(), CliError> {
+    match location.store {
+        Some(_) => Err(CliError::Usage(format!(
+            "engine {command} works on a data directory; PostgreSQL has its own \
+             tools (pg_dump, pg_restore)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn is_postgres_url(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// A `postgres://` URL or else a data directory (`engine copy`).
+async fn open_location(location: &str) -> Result<SharedStorage, CliError> {
+    if is_postgres_url(location) {
+        Ok(Arc::new(PgStorage::connect(location).await?))
+    } else {
+        Ok(open_embedded(Path::new(location)).await?)
+    }
+}
+
+async fn open_embedded(data_dir: &Path) -> Result<Arc<EmbeddedStore>, CliError> {
     let dir = data_dir.to_owned();
     let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
         .await
@@ -363,7 +419,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             retention,
             retention_interval,
         } => {
-            let store = open_store(&data_dir.data_dir).await?;
+            let store = open_store(&data_dir).await?;
             let config = ServeConfig {
                 http_addr,
                 grpc_addr,
@@ -375,8 +431,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 retention,
                 retention_interval,
             };
-            let storage: SharedStorage = store.clone();
-            let result = server::run(config, storage, server::shutdown_signal()).await;
+            let result = server::run(config, store.clone(), server::shutdown_signal()).await;
             store.close().await?;
             result?;
             Ok(())
@@ -395,21 +450,22 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 }
                 _ => Box::new(io::stdin()),
             };
-            let store = open_store(&data_dir.data_dir).await?;
+            let store = open_store(&data_dir).await?;
             let summary = store.import(&sensor, read_points(source)).await?;
             store.close().await?;
             eprintln!("imported {} points into {sensor}", summary.points);
             Ok(())
         }
         Command::Export { data_dir, export } => {
-            let store = open_store(&data_dir.data_dir).await?;
+            let store = open_store(&data_dir).await?;
             let storage: SharedStorage = store.clone();
             let result = run_export(&storage, &export).await;
             store.close().await?;
             result
         }
         Command::Backup { data_dir, output } => {
-            let store = open_store(&data_dir.data_dir).await?;
+            embedded_only(&data_dir, "backup")?;
+            let store = open_embedded(&data_dir.data_dir).await?;
             let summary = tokio::task::spawn_blocking(move || {
                 if output.as_os_str() == "-" {
                     store.backup_to(io::BufWriter::new(io::stdout().lock()))
@@ -450,6 +506,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Repair { data_dir } => {
+            embedded_only(&data_dir, "repair")?;
             let dir = data_dir.data_dir.clone();
             let reports = tokio::task::spawn_blocking(move || EmbeddedStore::repair(&dir))
                 .await
@@ -476,7 +533,7 @@ async fn execute(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Sensors { data_dir } => {
-            let store = open_store(&data_dir.data_dir).await?;
+            let store = open_store(&data_dir).await?;
             let mut out = io::BufWriter::new(io::stdout().lock());
             writeln!(
                 out,
@@ -492,6 +549,39 @@ async fn execute(command: Command) -> Result<(), CliError> {
                 .map_err(CliError::Output)?;
             }
             out.flush().map_err(CliError::Output)?;
+            Ok(())
+        }
+        Command::Copy { from, to } => {
+            let source = open_location(&from).await?;
+            let destination = open_location(&to).await?;
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            writeln!(out, "sensor_id\tpoints\tchecksum").map_err(CliError::Output)?;
+            let copied = store_copy::copy_all(&*source, &*destination, |copy| {
+                let what = if copy.copied {
+                    "copied"
+                } else {
+                    "already there:"
+                };
+                eprintln!(
+                    "{what} {} points of {}",
+                    copy.fingerprint.points, copy.sensor_id
+                );
+            })
+            .await?;
+            destination.close().await?;
+            for copy in &copied {
+                writeln!(
+                    out,
+                    "{}\t{}\t{:016x}",
+                    copy.sensor_id, copy.fingerprint.points, copy.fingerprint.checksum
+                )
+                .map_err(CliError::Output)?;
+            }
+            out.flush().map_err(CliError::Output)?;
+            eprintln!(
+                "checked {} sensors: counts and checksums agree",
+                copied.len()
+            );
             Ok(())
         }
     }

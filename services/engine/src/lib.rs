@@ -5,7 +5,8 @@
 //!
 //! - [`model`]: sensor ids, points, columnar point batches, time ranges.
 //! - [`storage`]: the [`storage::StorageEngine`] trait every transport depends
-//!   on, and [`storage::embedded`], the default persistent store.
+//!   on, [`storage::embedded`], the default persistent store, and
+//!   [`storage::postgres`], the store on PostgreSQL.
 //! - [`csv_format`]: the export CSV format, written (export) and read (import).
 //! - [`export`]: exports for analysts: one or many sensors, raw or interval
 //!   aggregates, long or wide, as CSV, XLSX, Parquet, Arrow or JSON Lines,
@@ -21,6 +22,8 @@
 //!   committed and acknowledged after they are durable.
 //! - [`retention`]: drops points older than a rule's age, in the background.
 //! - [`demo`]: the `serve --demo` plant simulator.
+//! - [`store_copy`]: `engine copy`, every sensor from one store to another
+//!   (embedded and PostgreSQL), checked by count and checksum.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 
 pub mod cli;
@@ -35,3 +38,4 @@ pub mod model;
 pub mod retention;
 pub mod server;
 pub mod storage;
+pub mod store_copy;

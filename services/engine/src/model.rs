@@ -419,6 +419,16 @@ pub fn check_timestamp(timestamp_ms: i64) -> Result<i64, InvalidTimestamp> {
     }
 }
 
+/// Parses the exclusive end of a range: a timestamp, or one past the last
+/// one the engine accepts (`MAX_TIMESTAMP_MS + 1`), so that a range can
+/// include a point at `MAX_TIMESTAMP_MS`.
+pub fn parse_range_end(text: &str) -> Result<i64, InvalidTimestamp> {
+    match text.trim().parse::<i64>() {
+        Ok(ms) if ms == MAX_TIMESTAMP_MS + 1 => Ok(ms),
+        _ => parse_timestamp(text),
+    }
+}
+
 /// Parses a timestamp given as epoch milliseconds (`1767225600000`, `-5`) or
 /// as RFC 3339 (`2026-01-01T00:00:00Z`, `2026-01-01T01:00:00.250+01:00`).
 pub fn parse_timestamp(text: &str) -> Result<i64, InvalidTimestamp> {

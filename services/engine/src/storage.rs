@@ -4,6 +4,8 @@
 //! Implementations:
 //! - [`embedded`]: the default, a persistent store in a data directory
 //!   (write-ahead log + compressed per-sensor blocks in redb).
+//! - [`postgres`]: the store on PostgreSQL, for several engines sharing one
+//!   database (`--store postgres://...`).
 //!
 //! Every implementation must pass the backend conformance suite in
 //! `tests/it/conformance.rs`.
@@ -21,6 +23,7 @@ pub type ByteStream = BoxStream<'static, Result<bytes::Bytes, StorageError>>;
 
 pub mod embedded;
 pub mod m4;
+pub mod postgres;
 
 pub use m4::Downsampled;
 

@@ -7,7 +7,7 @@ use jiff::tz::TimeZone;
 use super::ExportError;
 use super::aggregate::{Aggregate, Grid};
 use crate::csv_format::CsvOptions;
-use crate::model::{SensorId, TimeRange, parse_timestamp};
+use crate::model::{SensorId, TimeRange, parse_range_end, parse_timestamp};
 
 /// The most sensors one export may name.
 pub const MAX_SENSORS: usize = 1_000;
@@ -200,8 +200,10 @@ impl ExportRequest {
         }
         let start_ms = timestamp("start_ts", get("start_ts"))?
             .ok_or_else(|| invalid("start_ts is required"))?;
-        let end_ms =
-            timestamp("end_ts", get("end_ts"))?.ok_or_else(|| invalid("end_ts is required"))?;
+        let end_ms = get("end_ts")
+            .map(|raw| parse_range_end(raw).map_err(|e| invalid(format!("end_ts: {e}"))))
+            .transpose()?
+            .ok_or_else(|| invalid("end_ts is required"))?;
         let range = TimeRange::new(start_ms, end_ms).ok_or_else(|| {
             invalid(format!(
                 "start_ts ({start_ms}) is after end_ts ({end_ms}); the range is [start_ts, end_ts)"

@@ -719,3 +719,6 @@ impl Backend for Live {
 }
 
 conformance_tests!(live_embedded, Live(Embedded::with_head_limit(256 * 1024)));
+
+// PostgreSQL: a fresh database per test on the machine's server.
+conformance_tests!(postgres, crate::pg_support::Postgres::default());

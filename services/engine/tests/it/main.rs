@@ -2,6 +2,10 @@
 
 mod support;
 
+// The PostgreSQL store (issue 11).
+mod pg_support;
+mod postgres;
+
 mod backup;
 mod cli;
 mod conformance;
