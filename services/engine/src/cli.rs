@@ -1,7 +1,6 @@
 //! The `engine` command line. `main.rs` only calls [`run`].
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -11,8 +10,7 @@ use futures_util::StreamExt;
 
 use crate::csv_format::read_points;
 use crate::export::{self, ExportError, ExportOptions, ExportRequest};
-use crate::model::{SensorId, parse_duration, parse_timestamp};
-use crate::retention::RetentionRule;
+use crate::model::{SensorId, parse_timestamp};
 use crate::server::{self, ServeConfig};
 use crate::storage::embedded::EmbeddedStore;
 use crate::storage::postgres::PgStorage;
@@ -141,39 +139,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         data_dir: DataDir,
-        /// Address of the HTTP API and dashboard.
-        #[arg(long, env = "ENGINE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
-        /// Address of the gRPC API.
-        #[arg(long, env = "ENGINE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
-        grpc_addr: SocketAddr,
-        /// NATS server to ingest readings from (JetStream), e.g. nats://127.0.0.1:4222.
-        #[arg(long, env = "ENGINE_NATS_URL")]
-        nats_url: Option<String>,
-        /// Directory of the built dashboard, served at `/`.
-        #[arg(long, env = "ENGINE_WEB_DIR", default_value = "viz/dist")]
-        web_dir: PathBuf,
-        /// Run the built-in plant simulator: history plus live readings.
-        #[arg(long)]
-        demo: bool,
-        /// Largest CSV body `POST /api/v1/import` takes, in bytes.
-        #[arg(long, env = "ENGINE_IMPORT_MAX_BYTES", default_value_t = 16 << 30)]
-        import_max_bytes: u64,
-        /// Seconds an import's body may stall before the import is abandoned.
-        #[arg(long, env = "ENGINE_IMPORT_IDLE_TIMEOUT", default_value_t = 30)]
-        import_idle_timeout: u64,
-        /// Drop points older than AGE of sensors matching PATTERN, e.g.
-        /// `'plant/**=400d'`; repeatable, the first matching rule applies.
-        #[arg(
-            long = "retention",
-            value_name = "PATTERN=AGE",
-            env = "ENGINE_RETENTION",
-            value_delimiter = ','
-        )]
-        retention: Vec<RetentionRule>,
-        /// How often retention runs, e.g. `10m`.
-        #[arg(long, env = "ENGINE_RETENTION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
-        retention_interval: std::time::Duration,
+        #[command(flatten)]
+        config: ServeConfig,
     },
     /// Load a CSV (header `timestamp_ms,value,quality`) into one sensor, all
     /// or nothing: a bad row stores nothing of the file.
@@ -407,30 +374,8 @@ async fn open_embedded(data_dir: &Path) -> Result<Arc<EmbeddedStore>, CliError> 
 
 async fn execute(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Serve {
-            data_dir,
-            http_addr,
-            grpc_addr,
-            nats_url,
-            web_dir,
-            demo,
-            import_max_bytes,
-            import_idle_timeout,
-            retention,
-            retention_interval,
-        } => {
+        Command::Serve { data_dir, config } => {
             let store = open_store(&data_dir).await?;
-            let config = ServeConfig {
-                http_addr,
-                grpc_addr,
-                nats_url,
-                web_dir,
-                demo,
-                import_max_bytes,
-                import_idle_timeout: std::time::Duration::from_secs(import_idle_timeout),
-                retention,
-                retention_interval,
-            };
             let result = server::run(config, store.clone(), server::shutdown_signal()).await;
             store.close().await?;
             result?;

@@ -20,25 +20,44 @@ use crate::{demo, grpc, ingest, live};
 /// keep the process alive; its unacknowledged points are simply not stored).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything `engine serve` was asked to run.
-#[derive(Debug, Clone)]
+/// Everything `engine serve` was asked to run: its flags, each with an
+/// environment variable. A new limit or address belongs here, so that it is a
+/// flag, an environment variable and a config-file key at once.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeConfig {
-    /// Where the HTTP API and the dashboard listen.
+    /// Address of the HTTP API and dashboard.
+    #[arg(long, env = "ENGINE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
-    /// Where the gRPC API listens.
+    /// Address of the gRPC API.
+    #[arg(long, env = "ENGINE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
-    /// The NATS server to consume readings from; `None` disables ingestion.
+    /// NATS server to ingest readings from (JetStream), e.g.
+    /// nats://127.0.0.1:4222; without it, no NATS ingestion.
+    #[arg(long, env = "ENGINE_NATS_URL")]
     pub nats_url: Option<String>,
-    /// The built dashboard (`viz/dist`), served at `/`.
+    /// Directory of the built dashboard, served at `/`.
+    #[arg(long, env = "ENGINE_WEB_DIR", default_value = "viz/dist")]
     pub web_dir: PathBuf,
-    /// Run the built-in plant simulator.
+    /// Run the built-in plant simulator: history plus live readings.
+    #[arg(long)]
     pub demo: bool,
-    /// See [`crate::http::HttpConfig::import_max_bytes`].
+    /// Largest CSV body `POST /api/v1/import` takes, in bytes.
+    #[arg(long, env = "ENGINE_IMPORT_MAX_BYTES", default_value_t = 16 << 30)]
     pub import_max_bytes: u64,
-    /// See [`crate::http::HttpConfig::import_idle_timeout`].
-    pub import_idle_timeout: Duration,
-    /// Retention rules, applied every `retention_interval`.
+    /// Seconds an import's body may stall before the import is abandoned.
+    #[arg(long, env = "ENGINE_IMPORT_IDLE_TIMEOUT", default_value_t = 30)]
+    pub import_idle_timeout: u64,
+    /// Drop points older than AGE of sensors matching PATTERN, e.g.
+    /// `'plant/**=400d'`; repeatable, the first matching rule applies.
+    #[arg(
+        long = "retention",
+        value_name = "PATTERN=AGE",
+        env = "ENGINE_RETENTION",
+        value_delimiter = ','
+    )]
     pub retention: Vec<crate::retention::RetentionRule>,
+    /// How often retention runs, e.g. `10m`.
+    #[arg(long, env = "ENGINE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::model::parse_duration)]
     pub retention_interval: Duration,
 }
 
@@ -112,7 +131,7 @@ pub async fn run(
     let http_config = crate::http::HttpConfig {
         web_dir: Some(config.web_dir.clone()),
         import_max_bytes: config.import_max_bytes,
-        import_idle_timeout: config.import_idle_timeout,
+        import_idle_timeout: Duration::from_secs(config.import_idle_timeout),
         ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(
