@@ -12,6 +12,7 @@ mod conformance;
 mod crash;
 mod faults;
 mod full_disk;
+mod full_disk_served;
 mod http_api;
 mod http_export;
 mod http_export_aggregates;

@@ -84,7 +84,7 @@ type IngestStatsSnapshot = engine::ingest::IngestSnapshot;
 
 /// Publishes and waits for the stream's acknowledgement; returns the
 /// message's stream sequence.
-async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: String) -> u64 {
+pub async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: String) -> u64 {
     js.publish(subject.to_owned(), payload.into())
         .await
         .unwrap()
@@ -94,7 +94,7 @@ async fn publish(js: &async_nats::jetstream::Context, subject: &str, payload: St
 }
 
 /// Waits until the engine created its stream and durable consumer.
-async fn wait_for_consumer(js: &async_nats::jetstream::Context) {
+pub async fn wait_for_consumer(js: &async_nats::jetstream::Context) {
     for _ in 0..400 {
         if let Ok(stream) = js.get_stream("SENSORS").await
             && stream
@@ -110,7 +110,7 @@ async fn wait_for_consumer(js: &async_nats::jetstream::Context) {
 }
 
 /// The engine's durable consumer as the server sees it.
-async fn consumer_info(
+pub async fn consumer_info(
     js: &async_nats::jetstream::Context,
 ) -> async_nats::jetstream::consumer::Info {
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
