@@ -110,12 +110,12 @@ impl CsvEncoder {
         for i in 0..batch.len() {
             out.extend_from_slice(ints.format(batch.timestamps[i]).as_bytes());
             out.push(d);
-            let value = floats.format(batch.values[i]).as_bytes();
-            if self.options.decimal_comma {
-                out.extend(value.iter().map(|&b| if b == b'.' { b',' } else { b }));
-            } else {
-                out.extend_from_slice(value);
-            }
+            write_value(
+                batch.values[i],
+                self.options.decimal_comma,
+                &mut floats,
+                out,
+            );
             out.push(d);
             out.extend_from_slice(ints.format(batch.qualities[i]).as_bytes());
             if let Some(zone) = &self.options.time_zone {
@@ -144,12 +144,68 @@ pub fn write_float(value: f64, options: &CsvOptions, floats: &mut ryu::Buffer, o
         out.extend_from_slice(b"'-inf");
         return;
     }
+    write_value(value, options.decimal_comma, floats, out);
+}
+
+/// A value as ryu's shortest round-trip decimal, with `,` as the decimal
+/// mark when asked; exact decimals of up to six places take a fast path.
+fn write_value(value: f64, decimal_comma: bool, floats: &mut ryu::Buffer, out: &mut Vec<u8>) {
+    let mark = if decimal_comma { b',' } else { b'.' };
+    if write_short_decimal(value, mark, out) {
+        return;
+    }
     let text = floats.format(value).as_bytes();
-    if options.decimal_comma {
+    if decimal_comma {
         out.extend(text.iter().map(|&b| if b == b'.' { b',' } else { b }));
     } else {
         out.extend_from_slice(text);
     }
+}
+
+/// Writes `value` if it is an exact decimal of at most six places between
+/// 1e-5 and 1e9 in magnitude (what most sensors send: `21.5`, `0.125`,
+/// `1013.25`), byte for byte as ryu would, about four times faster; returns
+/// false, writing nothing, for every other value.
+///
+/// Why it is the same text: `n / 1e6` with `|n| < 1e15` has at most 15
+/// significant digits, and two decimals of at most 15 digits are never
+/// within one rounding interval of an f64 (2^-53 relative), so when that
+/// decimal parses to `value` (checked: the division is correctly rounded,
+/// like a parse, since `n` and `1e6` are exact) it is the unique shortest
+/// one, which is what ryu prints; in this magnitude range ryu prints it
+/// positionally (`0.00001`, `21.0`), never with an exponent.
+#[inline]
+pub(crate) fn write_short_decimal(value: f64, mark: u8, out: &mut Vec<u8>) -> bool {
+    const SCALE: f64 = 1e6;
+    let magnitude = value.abs();
+    if !(1e-5..1e9).contains(&magnitude) {
+        return false;
+    }
+    let scaled = (magnitude * SCALE).round();
+    if scaled / SCALE != magnitude {
+        return false;
+    }
+    let scaled = scaled as u64;
+    if value.is_sign_negative() {
+        out.push(b'-');
+    }
+    let mut ints = itoa::Buffer::new();
+    out.extend_from_slice(ints.format(scaled / 1_000_000).as_bytes());
+    out.push(mark);
+    let mut fraction = (scaled % 1_000_000) as u32;
+    if fraction == 0 {
+        out.push(b'0');
+        return true;
+    }
+    let mut places = 6;
+    while fraction.is_multiple_of(10) {
+        fraction /= 10;
+        places -= 1;
+    }
+    let digits = ints.format(fraction).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', places - digits.len()));
+    out.extend_from_slice(digits);
+    true
 }
 
 /// A text field: quoted when it holds the delimiter, a quote or a line
@@ -367,6 +423,79 @@ fn parse_field<T>(
 mod tests {
     use super::*;
     use crate::model::Point;
+
+    /// The fast path writes what ryu writes, or nothing.
+    fn check_against_ryu(value: f64) -> bool {
+        let mut fast = Vec::new();
+        let taken = write_short_decimal(value, b'.', &mut fast);
+        if taken {
+            assert_eq!(
+                std::str::from_utf8(&fast).unwrap(),
+                ryu::Buffer::new().format(value),
+                "{value:e} (bits {:#x})",
+                value.to_bits()
+            );
+        } else {
+            assert!(fast.is_empty());
+        }
+        taken
+    }
+
+    #[test]
+    fn short_decimals_are_written_exactly_as_ryu_writes_them() {
+        let edges = [
+            0.00001,
+            0.000012,
+            0.000009,
+            1e-5,
+            1e-6,
+            0.1,
+            0.2,
+            0.3,
+            1.0,
+            -1.0,
+            21.5,
+            -0.5,
+            100000000.0,
+            999999999.999999,
+            1e9,
+            123456.789,
+            0.1 + 0.2,
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::MIN_POSITIVE,
+            5e-324,
+            1013.25,
+            4.35,
+            2.675,
+            1.005,
+        ];
+        for value in edges {
+            check_against_ryu(value);
+        }
+        // Random decimals of 0 to 8 places over the whole range, parsed as
+        // a reader would; and random bit patterns.
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut taken = 0;
+        for _ in 0..2_000_000 {
+            let places = next() % 9;
+            let digits = next() % 10u64.pow(1 + (next() % 16) as u32);
+            let text = format!("{}e-{places}", digits);
+            let value: f64 = text.parse().unwrap();
+            let value = if next() % 2 == 0 { value } else { -value };
+            taken += usize::from(check_against_ryu(value));
+            check_against_ryu(f64::from_bits(next()));
+        }
+        assert!(taken > 500_000, "the fast path was taken {taken} times");
+    }
 
     fn batch(points: &[(i64, f64, u8)]) -> PointBatch {
         points

@@ -6,6 +6,7 @@
 //! cell (no point, an undefined aggregate) is `null`.
 
 use super::table::{Cells, Chunk, Schema};
+use crate::csv_format::write_short_decimal;
 
 /// Writes chunks as JSON Lines.
 #[derive(Debug, Clone)]
@@ -69,7 +70,9 @@ impl JsonlEncoder {
                     Cells::Float(values) => {
                         let value = values[row];
                         if value.is_finite() {
-                            out.extend_from_slice(floats.format_finite(value).as_bytes());
+                            if !write_short_decimal(value, b'.', out) {
+                                out.extend_from_slice(floats.format_finite(value).as_bytes());
+                            }
                         } else if value.is_nan() {
                             out.extend_from_slice(b"\"NaN\"");
                         } else if value > 0.0 {

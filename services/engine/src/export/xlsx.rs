@@ -36,6 +36,7 @@ use jiff::tz::TimeZone;
 use super::request::ExportRequest;
 use super::sink::ChannelWriter;
 use super::table::{Cells, Chunk, Schema};
+use crate::csv_format::write_short_decimal;
 use crate::storage::StorageError;
 
 /// Excel's rows per sheet, including our header row.
@@ -442,7 +443,11 @@ impl SheetWriter {
         match number {
             NumberText::Int(n) => out.extend_from_slice(self.ints.format(n).as_bytes()),
             // ryu's shortest round-trip form; `1e300` is valid xsd:double.
-            NumberText::Float(x) => out.extend_from_slice(self.floats.format_finite(x).as_bytes()),
+            NumberText::Float(x) => {
+                if !write_short_decimal(x, b'.', out) {
+                    out.extend_from_slice(self.floats.format_finite(x).as_bytes());
+                }
+            }
         }
         out.extend_from_slice(b"</v></c>");
     }
