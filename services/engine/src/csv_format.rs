@@ -164,7 +164,8 @@ fn write_value(value: f64, decimal_comma: bool, floats: &mut ryu::Buffer, out: &
 
 /// Writes `value` if it is an exact decimal of at most six places between
 /// 1e-5 and 1e9 in magnitude (what most sensors send: `21.5`, `0.125`,
-/// `1013.25`), byte for byte as ryu would, about four times faster; returns
+/// `1013.25`), byte for byte as ryu would, without its general algorithm
+/// (a 1M-row CSV formats in 0.7x the time, `cargo bench --bench export`); returns
 /// false, writing nothing, for every other value.
 ///
 /// Why it is the same text: `n / 1e6` with `|n| < 1e15` has at most 15
