@@ -5,6 +5,8 @@ mod support;
 // The PostgreSQL store (issue 11).
 mod pg_support;
 mod postgres;
+// Cluster mode: engines sharing PostgreSQL and a NATS cluster.
+mod cluster;
 
 mod backup;
 mod cli;
