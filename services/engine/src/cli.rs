@@ -133,6 +133,8 @@ impl ExportArgs {
     }
 }
 
+// Parsed once per process: the size of `Serve`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: HTTP API and dashboard, gRPC, NATS ingestion.

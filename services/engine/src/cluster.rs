@@ -255,6 +255,9 @@ pub fn decode(mut message: Bytes) -> Result<Relayed, String> {
         return Err("empty message".into());
     }
     let kind = message.get_u8();
+    if kind != KIND_POINTS && kind != KIND_RESYNC {
+        return Err(format!("unknown kind {kind}"));
+    }
     let mut points = Vec::new();
     let mut resyncs = Vec::new();
     while message.has_remaining() {

@@ -46,6 +46,25 @@ pub struct ServeConfig {
     /// stored, for every engine's live view.
     #[arg(long, env = "ENGINE_NATS_LIVE_SUBJECT", default_value = crate::cluster::DEFAULT_LIVE_SUBJECT)]
     pub nats_live_subject: String,
+    /// NATS user name (with `--nats-password`), when the server requires
+    /// authorization.
+    #[arg(long, env = "ENGINE_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password; prefer the environment variable (a flag shows in `ps`).
+    #[arg(
+        long,
+        env = "ENGINE_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<crate::ingest::nats::Secret>,
+    /// NATS authorization token; prefer the environment variable.
+    #[arg(long, env = "ENGINE_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<crate::ingest::nats::Secret>,
+    /// PEM file of the CA that signed the NATS servers' certificates: the
+    /// connection then requires TLS.
+    #[arg(long, env = "ENGINE_NATS_CA", value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
     /// Whether the store is shared with other engines (PostgreSQL): set by
     /// the command from `--store`, not a flag of its own. With `--nats-url`
     /// it turns on the live relay between engines.
@@ -111,6 +130,14 @@ pub async fn run(
     let hub = live::LiveHub::new();
     let nats_config = config.nats_url.clone().map(|url| NatsConfig {
         replicas: config.nats_replicas,
+        credentials: crate::ingest::nats::NatsCredentials {
+            user_password: config
+                .nats_user
+                .clone()
+                .zip(config.nats_password.as_ref().map(|p| p.expose().to_owned())),
+            token: config.nats_token.as_ref().map(|t| t.expose().to_owned()),
+            ca_file: config.nats_ca.clone(),
+        },
         ..NatsConfig::new(url)
     });
     let relay = match (&nats_config, config.shared_store) {

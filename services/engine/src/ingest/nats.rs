@@ -81,6 +81,30 @@ pub struct NatsConfig {
     pub credentials: NatsCredentials,
 }
 
+/// A password or token from a flag or the environment: never in debug
+/// output or logs (`ServeConfig` derives `Debug`).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
 /// How the client authenticates to NATS (user/password or token) and which
 /// CA it trusts for TLS.
 ///

@@ -27,3 +27,5 @@ mod grpc;
 mod bit_exact;
 mod ingest_support;
 mod nats;
+// NATS credentials and TLS (issue 9 item 7).
+mod nats_auth;
