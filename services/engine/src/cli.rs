@@ -133,6 +133,8 @@ impl ExportArgs {
     }
 }
 
+// Parsed once per process: the size of `Serve`'s flags costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: HTTP API and dashboard, gRPC, NATS ingestion.
@@ -374,7 +376,11 @@ async fn open_embedded(data_dir: &Path) -> Result<Arc<EmbeddedStore>, CliError> 
 
 async fn execute(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Serve { data_dir, config } => {
+        Command::Serve {
+            data_dir,
+            mut config,
+        } => {
+            config.shared_store = data_dir.store.is_some();
             let store = open_store(&data_dir).await?;
             let result = server::run(config, store.clone(), server::shutdown_signal()).await;
             store.close().await?;

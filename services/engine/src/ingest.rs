@@ -41,6 +41,8 @@ pub struct IngestStats {
     pub write_failures: AtomicU64,
     /// Times the source (re)connected.
     pub connects: AtomicU64,
+    /// Whether the source's server is reachable right now (for `/readyz`).
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 /// A copy of [`IngestStats`] at one moment.

@@ -27,6 +27,7 @@
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 
 pub mod cli;
+pub mod cluster;
 pub mod csv_format;
 pub mod demo;
 pub mod export;

@@ -160,6 +160,38 @@ impl LiveHub {
         Self::deliver(self.prepare(samples));
     }
 
+    /// Publishes points of one sensor stored elsewhere (another engine on
+    /// the same store, [`crate::cluster`]); nothing when nobody follows it.
+    pub fn publish_points(&self, sensor_id: &SensorId, batch: PointBatch) {
+        if let Some(sender) = self.sender_of(sensor_id)
+            && !batch.is_empty()
+        {
+            let _ = sender.send(LiveUpdate::Points(Arc::new(batch)));
+        }
+    }
+
+    /// Whether somebody follows `sensor_id` (so that points of other
+    /// engines are decoded only for followed sensors).
+    pub fn is_followed(&self, sensor_id: &SensorId) -> bool {
+        self.sender_of(sensor_id).is_some()
+    }
+
+    /// Tells the followers of `sensor_id` to refetch (another engine
+    /// imported more than it could send).
+    pub fn resync(&self, sensor_id: &SensorId) {
+        if let Some(sender) = self.sender_of(sensor_id) {
+            let _ = sender.send(LiveUpdate::Resync);
+        }
+    }
+
+    /// Tells every follower to refetch: points of other engines may have
+    /// been missed (the link between engines was down).
+    pub fn resync_all(&self) {
+        for sender in self.channels().values() {
+            let _ = sender.send(LiveUpdate::Resync);
+        }
+    }
+
     fn sender_of(&self, sensor_id: &SensorId) -> Option<broadcast::Sender<LiveUpdate>> {
         self.channels()
             .get(sensor_id)
@@ -192,19 +224,43 @@ impl LiveSubscription {
     }
 }
 
+/// Where a [`LiveStorage`] also sends what it stored, for the live views of
+/// other engines sharing its store (cluster mode: [`crate::cluster`]).
+///
+/// Two steps because the write consumes its samples: [`LiveRelay::encode`]
+/// before it, [`LiveRelay::send`] once it is durable, so no engine shows a
+/// point that was not stored.
+pub trait LiveRelay: Send + Sync + 'static {
+    /// The messages telling the other engines about these samples.
+    fn encode(&self, samples: &[Sample]) -> Vec<bytes::Bytes>;
+    /// Sends what [`LiveRelay::encode`] made; never blocks (live is best
+    /// effort: a message that cannot be sent now is dropped).
+    fn send(&self, messages: Vec<bytes::Bytes>);
+    /// Tells the other engines' followers of `sensor_id` to refetch.
+    fn resync(&self, sensor_id: &SensorId);
+}
+
 /// A [`StorageEngine`] that tells a [`LiveHub`] about every successful write
 /// and import of the store it wraps. Everything else is delegated unchanged.
 pub struct LiveStorage {
     inner: SharedStorage,
     hub: LiveHub,
+    relay: Option<Arc<dyn LiveRelay>>,
 }
 
 impl LiveStorage {
     pub fn new(inner: SharedStorage) -> Self {
-        Self {
-            inner,
-            hub: LiveHub::new(),
-        }
+        Self::with_relay(inner, LiveHub::new(), None)
+    }
+
+    /// With a hub made beforehand and a relay to other engines (cluster
+    /// mode), which also feeds their writes into `hub`.
+    pub fn with_relay(
+        inner: SharedStorage,
+        hub: LiveHub,
+        relay: Option<Arc<dyn LiveRelay>>,
+    ) -> Self {
+        Self { inner, hub, relay }
     }
 
     /// The hub to subscribe to (clone it into the gRPC service and the
@@ -220,8 +276,12 @@ impl StorageEngine for LiveStorage {
         // Prepared before the write consumes the samples; delivered only
         // once it is durable, so a follower never sees a point that is lost.
         let pending = self.hub.prepare(&samples);
+        let relayed = self.relay.as_ref().map(|relay| relay.encode(&samples));
         self.inner.write(samples).await?;
         LiveHub::deliver(pending);
+        if let (Some(relay), Some(messages)) = (&self.relay, relayed) {
+            relay.send(messages);
+        }
         Ok(())
     }
 
@@ -254,7 +314,13 @@ impl StorageEngine for LiveStorage {
         batches: PointStream,
     ) -> Result<ImportSummary, StorageError> {
         let Some(sender) = self.hub.sender_of(sensor_id) else {
-            return self.inner.import(sensor_id, batches).await;
+            let summary = self.inner.import(sensor_id, batches).await?;
+            // Other engines' followers refetch rather than get a copy: an
+            // import may be larger than memory.
+            if let Some(relay) = &self.relay {
+                relay.resync(sensor_id);
+            }
+            return Ok(summary);
         };
         // Somebody follows this sensor: keep a copy of a small import for
         // them, or just remember that it was too large to send.
@@ -275,6 +341,9 @@ impl StorageEngine for LiveStorage {
                 .boxed()
         };
         let summary = self.inner.import(sensor_id, tee).await?;
+        if let Some(relay) = &self.relay {
+            relay.resync(sensor_id);
+        }
         let kept = copy.lock().unwrap_or_else(|p| p.into_inner()).take();
         let update = match kept {
             Some(batch) if batch.is_empty() => return Ok(summary),

@@ -32,9 +32,44 @@ pub struct ServeConfig {
     #[arg(long, env = "ENGINE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     /// NATS server to ingest readings from (JetStream), e.g.
-    /// nats://127.0.0.1:4222; without it, no NATS ingestion.
+    /// nats://127.0.0.1:4222; without it, no NATS ingestion. Several servers
+    /// of one cluster, comma-separated (nats://a:4222,nats://b:4222), let
+    /// the client fail over between them.
     #[arg(long, env = "ENGINE_NATS_URL")]
     pub nats_url: Option<String>,
+    /// Replicas of the stream when this engine creates it: 3 on a 3-node
+    /// NATS cluster, so an acknowledged message survives a lost machine.
+    #[arg(long, env = "ENGINE_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// Core NATS subject on which engines sharing a store (cluster mode:
+    /// `--store postgres://...` and `--nats-url`) tell each other what they
+    /// stored, for every engine's live view.
+    #[arg(long, env = "ENGINE_NATS_LIVE_SUBJECT", default_value = crate::cluster::DEFAULT_LIVE_SUBJECT)]
+    pub nats_live_subject: String,
+    /// NATS user name (with `--nats-password`), when the server requires
+    /// authorization.
+    #[arg(long, env = "ENGINE_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password; prefer the environment variable (a flag shows in `ps`).
+    #[arg(
+        long,
+        env = "ENGINE_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    pub nats_password: Option<crate::ingest::nats::Secret>,
+    /// NATS authorization token; prefer the environment variable.
+    #[arg(long, env = "ENGINE_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<crate::ingest::nats::Secret>,
+    /// PEM file of the CA that signed the NATS servers' certificates: the
+    /// connection then requires TLS.
+    #[arg(long, env = "ENGINE_NATS_CA", value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
+    /// Whether the store is shared with other engines (PostgreSQL): set by
+    /// the command from `--store`, not a flag of its own. With `--nats-url`
+    /// it turns on the live relay between engines.
+    #[arg(skip)]
+    pub shared_store: bool,
     /// Directory of the built dashboard, served at `/`.
     #[arg(long, env = "ENGINE_WEB_DIR", default_value = "viz/dist")]
     pub web_dir: PathBuf,
@@ -79,12 +114,6 @@ pub async fn run(
     storage: SharedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    // Every write (gRPC, NATS, demo, HTTP import) goes through the live hub,
-    // so the live view and gRPC Subscribe see all of them.
-    let live = Arc::new(LiveStorage::new(storage));
-    let hub = live.hub().clone();
-    let storage: SharedStorage = live;
-
     let listener = bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
     let grpc_listener = bind(config.grpc_addr).await?;
@@ -94,6 +123,43 @@ pub async fn run(
     let (stop, stopping) = watch::channel(false);
     let stop = Arc::new(stop);
     let signal = Shutdown(stopping);
+
+    // Every write (gRPC, NATS, demo, HTTP import) goes through the live hub,
+    // so the live view and gRPC Subscribe see all of them; in cluster mode
+    // the hub also gets what the other engines stored (crate::cluster).
+    let hub = live::LiveHub::new();
+    let nats_config = config.nats_url.clone().map(|url| NatsConfig {
+        replicas: config.nats_replicas,
+        credentials: crate::ingest::nats::NatsCredentials {
+            user_password: config
+                .nats_user
+                .clone()
+                .zip(config.nats_password.as_ref().map(|p| p.expose().to_owned())),
+            token: config.nats_token.as_ref().map(|t| t.expose().to_owned()),
+            ca_file: config.nats_ca.clone(),
+        },
+        ..NatsConfig::new(url)
+    });
+    let relay = match (&nats_config, config.shared_store) {
+        (Some(nats_config), true) => {
+            let (relay, task) = crate::cluster::NatsLiveRelay::start(
+                nats_config.clone(),
+                config.nats_live_subject.clone(),
+                hub.clone(),
+                signal.clone().wait(),
+            );
+            Some((relay, task))
+        }
+        _ => None,
+    };
+    let live = Arc::new(LiveStorage::with_relay(
+        storage,
+        hub.clone(),
+        relay
+            .as_ref()
+            .map(|(relay, _)| Arc::clone(relay) as Arc<dyn live::LiveRelay>),
+    ));
+    let storage: SharedStorage = live;
     tokio::spawn({
         let (stop, hub) = (Arc::clone(&stop), hub.clone());
         async move {
@@ -110,9 +176,9 @@ pub async fn run(
         signal.clone().wait(),
     ));
     let ingest_stats = Arc::new(IngestStats::default());
-    let nats = config.nats_url.clone().map(|url| {
+    let nats = nats_config.map(|nats_config| {
         tokio::spawn(ingest::nats::run(
-            NatsConfig::new(url),
+            nats_config,
             storage.clone(),
             Arc::clone(&ingest_stats),
             signal.clone().wait(),
@@ -132,6 +198,7 @@ pub async fn run(
         web_dir: Some(config.web_dir.clone()),
         import_max_bytes: config.import_max_bytes,
         import_idle_timeout: Duration::from_secs(config.import_idle_timeout),
+        readiness: nats_readiness(&config, &ingest_stats),
         ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(
@@ -156,12 +223,37 @@ pub async fn run(
         let _ = task.await;
         tracing::info!(stats = ?ingest_stats.snapshot(), "NATS ingestion drained");
     }
+    if let Some((_, task)) = relay {
+        let _ = task.await;
+    }
     if let Some(task) = simulator {
         let _ = task.await;
     }
     let _ = retention.await;
     http?;
     Ok(())
+}
+
+/// `/readyz` also asks whether the NATS consumer is connected, when there
+/// is one.
+fn nats_readiness(
+    config: &ServeConfig,
+    stats: &Arc<IngestStats>,
+) -> Vec<crate::http::state::ReadinessProbe> {
+    if config.nats_url.is_none() {
+        return Vec::new();
+    }
+    let stats = Arc::clone(stats);
+    vec![crate::http::state::ReadinessProbe {
+        name: "nats",
+        check: Arc::new(move || {
+            if stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("not connected to NATS".to_owned())
+            }
+        }),
+    }]
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {

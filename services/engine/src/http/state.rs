@@ -34,6 +34,24 @@ pub struct HttpConfig {
     /// How long an import's body may stall (no bytes arriving) before the
     /// import is abandoned with 408 and nothing of it stored.
     pub import_idle_timeout: Duration,
+    /// What `/readyz` checks besides the store (NATS, when ingesting).
+    pub readiness: Vec<ReadinessProbe>,
+}
+
+/// One more dependency `/readyz` checks, by name (`"nats"`): `Ok` when it
+/// is reachable, else why not. Called on every probe: must be cheap.
+#[derive(Clone)]
+pub struct ReadinessProbe {
+    pub name: &'static str,
+    pub check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadinessProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadinessProbe")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -46,6 +64,7 @@ impl Default for HttpConfig {
             shutdown_grace: Duration::from_secs(30),
             import_max_bytes: 16 << 30,
             import_idle_timeout: Duration::from_secs(30),
+            readiness: Vec::new(),
         }
     }
 }
@@ -59,6 +78,8 @@ pub struct AppState {
     pub export_permits: Arc<Semaphore>,
     pub xlsx_rows_per_sheet: u32,
     pub import_limits: ImportLimits,
+    /// What `/readyz` checks besides the store.
+    pub readiness: Arc<[ReadinessProbe]>,
 }
 
 /// What an import may take: its size and how long its body may stall.
@@ -78,6 +99,7 @@ impl AppState {
                 max_bytes: config.import_max_bytes,
                 idle_timeout: config.import_idle_timeout,
             },
+            readiness: config.readiness.clone().into(),
         }
     }
 }

@@ -72,6 +72,130 @@ pub struct NatsConfig {
     pub min_backoff: Duration,
     /// Longest pause between attempts.
     pub max_backoff: Duration,
+    /// Replicas of a stream this consumer creates (3 on a 3-node cluster:
+    /// nats-server syncs to disk only now and then, so replicas are what
+    /// makes an acknowledged message survive the loss of a machine). An
+    /// existing stream is left as it is.
+    pub replicas: usize,
+    /// How to authenticate to the server and trust its certificate.
+    pub credentials: NatsCredentials,
+}
+
+/// A password or token from a flag or the environment: never in debug
+/// output or logs (`ServeConfig` derives `Debug`).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// How the client authenticates to NATS (user/password or token) and which
+/// CA it trusts for TLS.
+///
+/// What a client may publish or consume is NATS's own business (subject
+/// permissions per user): the engine only proves who it is.
+#[derive(Clone, Default)]
+pub struct NatsCredentials {
+    /// User name and password (`authorization { users = [...] }`).
+    pub user_password: Option<(String, String)>,
+    /// A token (`authorization { token: ... }`).
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate; TLS is then
+    /// required.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// Secrets are never printed, not even in debug output.
+impl fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsCredentials")
+            .field(
+                "user",
+                &self.user_password.as_ref().map(|(user, _)| user.as_str()),
+            )
+            .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl NatsCredentials {
+    /// `options` with these credentials and CA. Fails when the creds file
+    /// cannot be read or parsed.
+    pub fn apply(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> std::io::Result<async_nats::ConnectOptions> {
+        if let Some((user, password)) = &self.user_password {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(path) = &self.ca_file {
+            options = options
+                .add_root_certificates(path.clone())
+                .require_tls(true);
+        }
+        Ok(options)
+    }
+}
+
+/// The server addresses of a comma-separated list (`nats://a:4222,nats://b:4222`):
+/// the client connects to one of them and fails over to the others.
+pub fn server_addrs(urls: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
+    let addrs = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>().map_err(|error| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("NATS URL {url:?}: {error}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no NATS URL given",
+        ));
+    }
+    Ok(addrs)
+}
+
+/// Connects a client named `name` to the servers of `config` with its
+/// credentials; `tune` adds options of the caller's (callbacks, no echo).
+pub async fn connect(
+    config: &NatsConfig,
+    name: &str,
+    tune: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
+) -> Result<async_nats::Client, SessionError> {
+    let addrs = server_addrs(&config.url)?;
+    let options = config.credentials.apply(
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5)),
+    )?;
+    Ok(tune(options).connect(addrs).await?)
 }
 
 impl NatsConfig {
@@ -89,6 +213,8 @@ impl NatsConfig {
             max_age: Duration::from_secs(7 * 24 * 3600),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            replicas: 1,
+            credentials: NatsCredentials::default(),
         }
     }
 }
@@ -119,7 +245,8 @@ enum SessionEnd {
     Stopped,
 }
 
-type SessionError = Box<dyn std::error::Error + Send + Sync>;
+/// Any error of a session's setup or stream.
+pub type SessionError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a session failed. Every kind counts towards the backoff; the kind
 /// decides what is logged.
@@ -338,7 +465,10 @@ pub async fn run(
                 tracing::info!("NATS consumer stopped");
                 return;
             }
-            Err(failure) => context.progress().failed(&failure, &context.config),
+            Err(failure) => {
+                context.stats.connected.store(false, Ordering::Relaxed);
+                context.progress().failed(&failure, &context.config)
+            }
         };
         tokio::select! {
             () = shutdown.as_mut() => return,
@@ -355,11 +485,27 @@ pub async fn run(
 async fn session(context: &Context, mut shutdown: Shutdown<'_>) -> Result<SessionEnd, Failure> {
     let config = &context.config;
     let setup = async {
-        let client = async_nats::ConnectOptions::new()
-            .name("sensor-engine")
-            .connection_timeout(Duration::from_secs(5))
-            .connect(config.url.as_str())
-            .await?;
+        // Readiness follows the connection as the client sees it (it
+        // reconnects by itself, to another server of the list).
+        let stats = Arc::clone(&context.stats);
+        let client = connect(config, "sensor-engine", |options| {
+            options.event_callback(move |event| {
+                let stats = Arc::clone(&stats);
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            stats.connected.store(true, Ordering::Relaxed)
+                        }
+                        async_nats::Event::Disconnected => {
+                            stats.connected.store(false, Ordering::Relaxed)
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .await?;
+        context.stats.connected.store(true, Ordering::Relaxed);
         let js = jetstream::new(client.clone());
         let stream = js
             .get_or_create_stream(stream::Config {
@@ -367,6 +513,7 @@ async fn session(context: &Context, mut shutdown: Shutdown<'_>) -> Result<Sessio
                 subjects: config.subjects.clone(),
                 storage: stream::StorageType::File,
                 max_age: config.max_age,
+                num_replicas: config.replicas.max(1),
                 ..Default::default()
             })
             .await?;

@@ -108,6 +108,12 @@ impl Engine {
     /// binds it; the engine then exits at once, and is started again on
     /// other ports.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Engine::start`] with environment variables for the child (secrets
+    /// go there rather than on a command line).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut last_error = String::new();
         for _ in 0..3 {
             let http_port = free_port();
@@ -119,6 +125,7 @@ impl Engine {
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
                 .args(extra)
+                .envs(env.iter().copied())
                 // Warnings and errors only: the test output stays readable.
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())

@@ -5,6 +5,8 @@ mod support;
 // The PostgreSQL store (issue 11).
 mod pg_support;
 mod postgres;
+// Cluster mode: engines sharing PostgreSQL and a NATS cluster.
+mod cluster;
 
 mod backup;
 mod cli;
@@ -26,3 +28,5 @@ mod grpc;
 mod bit_exact;
 mod ingest_support;
 mod nats;
+// NATS credentials and TLS (issue 9 item 7).
+mod nats_auth;

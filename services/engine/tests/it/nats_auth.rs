@@ -1,0 +1,283 @@
+//! NATS credentials (issue 9 item 7): the consumer authenticates to a real
+//! nats-server that requires it (user and password, token) and trusts its
+//! TLS certificate through a CA file; generated here with the openssl CLI.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use engine::ingest::IngestStats;
+use engine::ingest::nats::{NatsConfig, NatsCredentials, run};
+
+use crate::grpc::{connect_engine, scan_all};
+use crate::ingest_support::{Engine, NATS_SERVER, free_port, wait_until_listening};
+
+/// A private nats-server started with `config` (the listen address and
+/// JetStream directory are added), killed on drop.
+struct SecuredNats {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SecuredNats {
+    fn start(config: impl FnOnce(&Path) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let text = format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n{}\n",
+            dir.path().join("js").display().to_string(),
+            config(dir.path())
+        );
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, text).unwrap();
+        let child = Command::new(NATS_SERVER)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let mut server = Self { child, port, dir };
+        if let Err(why) = wait_until_listening(&mut server.child, port, Duration::from_secs(20)) {
+            panic!("nats-server: {why}");
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SecuredNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes one point with a client authenticated by `options`.
+async fn publish(options: async_nats::ConnectOptions, url: &str, sensor: &str, value: f64) {
+    let client = options.connect(url).await.expect("publisher connects");
+    let js = async_nats::jetstream::new(client);
+    // The engine creates the stream; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream("SENSORS").await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the engine never created the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let message = format!(r#"{{"sensor_id":"{sensor}","timestamp_ms":1,"value":{value:?}}}"#);
+    js.publish(format!("sensors.{sensor}"), message.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Waits until the engine stored the point.
+async fn stored(engine: &Engine, sensor: &str, value: f64) {
+    let mut client = connect_engine(engine.grpc_url()).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(points) = scan_all(&mut client, sensor).await
+            && points == vec![(1, value)]
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sensor} not ingested");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The in-process consumer with `credentials` never gets in: it stays
+/// disconnected (what `/readyz` reports) and never connects.
+async fn refused(url: String, credentials: NatsCredentials) {
+    let (dir, store) = {
+        let dir = tempfile::tempdir().unwrap();
+        let store = engine::storage::embedded::EmbeddedStore::open(dir.path()).unwrap();
+        (dir, Arc::new(store))
+    };
+    let stats = Arc::new(IngestStats::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = NatsConfig {
+        credentials,
+        ..NatsConfig::new(url)
+    };
+    let task = tokio::spawn(run(config, store, Arc::clone(&stats), async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!stats.connected.load(Ordering::Relaxed));
+    assert_eq!(stats.snapshot().connects, 0);
+    let _ = stop.send(());
+    task.await.unwrap();
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_from_the_environment() {
+    let nats = SecuredNats::start(|_| {
+        "authorization { users = [ { user: engine, password: \"s3cret pass\" } ] }".to_owned()
+    });
+    let data = tempfile::tempdir().unwrap();
+    // Secrets through the environment, not the command line (`ps`).
+    let engine = Engine::start_with_env(
+        data.path(),
+        &["--nats-url", &nats.url()],
+        &[
+            ("ENGINE_NATS_USER", "engine"),
+            ("ENGINE_NATS_PASSWORD", "s3cret pass"),
+        ],
+    );
+    publish(
+        async_nats::ConnectOptions::with_user_and_password("engine".into(), "s3cret pass".into()),
+        &nats.url(),
+        "auth_user",
+        1.25,
+    )
+    .await;
+    stored(&engine, "auth_user", 1.25).await;
+    refused(
+        nats.url(),
+        NatsCredentials {
+            user_password: Some(("engine".into(), "wrong".into())),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_and_tls_with_a_ca_file() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let (cert, key, ca) = (
+        certs.path().join("server.pem"),
+        certs.path().join("server.key"),
+        certs.path().join("ca.pem"),
+    );
+    let nats = SecuredNats::start(|_| {
+        format!(
+            "authorization {{ token: \"t0ken-for-engines\" }}\n\
+             tls {{ cert_file: {:?}, key_file: {:?} }}",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    });
+    let data = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        data.path(),
+        &[
+            "--nats-url",
+            &nats.url(),
+            "--nats-token",
+            "t0ken-for-engines",
+            "--nats-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    publish(
+        async_nats::ConnectOptions::with_token("t0ken-for-engines".into())
+            .add_root_certificates(ca.clone())
+            .require_tls(true),
+        &nats.url(),
+        "auth_tls",
+        2.5,
+    )
+    .await;
+    stored(&engine, "auth_tls", 2.5).await;
+    // Without the CA the server's certificate is not trusted; with the
+    // wrong token the server refuses.
+    refused(
+        nats.url(),
+        NatsCredentials {
+            token: Some("t0ken-for-engines".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    refused(
+        nats.url(),
+        NatsCredentials {
+            token: Some("wrong".into()),
+            ca_file: Some(ca.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let _ = &nats.dir;
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, with the
+/// openssl command-line tool.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=engine test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
