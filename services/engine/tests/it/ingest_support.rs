@@ -97,6 +97,7 @@ impl Drop for NatsServer {
 pub struct Engine {
     pub child: Child,
     pub grpc_port: u16,
+    pub http_port: u16,
 }
 
 impl Engine {
@@ -125,7 +126,11 @@ impl Engine {
                 .spawn()
                 .expect("start engine");
             // Owned before waiting, so a failed wait still kills it.
-            let mut engine = Self { child, grpc_port };
+            let mut engine = Self {
+                child,
+                grpc_port,
+                http_port,
+            };
             match wait_until_listening(&mut engine.child, grpc_port, Duration::from_secs(90)) {
                 Ok(()) => return engine,
                 Err(why) => last_error = why,

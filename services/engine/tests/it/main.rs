@@ -25,3 +25,7 @@ mod grpc;
 mod bit_exact;
 mod ingest_support;
 mod nats;
+
+// Reliability (issue 13): fuzz inputs replayed, network faults, full disks.
+mod fuzz_regressions;
+mod netfault;
