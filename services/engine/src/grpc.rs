@@ -98,14 +98,14 @@ pub fn status_from(error: StorageError) -> Status {
     }
 }
 
-fn parse_sensor_id(id: &str) -> Result<SensorId, Status> {
+pub(crate) fn parse_sensor_id(id: &str) -> Result<SensorId, Status> {
     SensorId::new(id)
         .map_err(|e| Status::invalid_argument(format!("invalid sensor_id {id:?}: {e}")))
 }
 
 /// Validates a request's points; the whole request is rejected on the first
 /// bad one, naming it.
-fn samples_from_proto(points: Vec<pb::Point>) -> Result<Vec<Sample>, Status> {
+pub(crate) fn samples_from_proto(points: Vec<pb::Point>) -> Result<Vec<Sample>, Status> {
     let mut samples = Vec::with_capacity(points.len());
     // Writers usually send runs of one sensor: reuse the id instead of
     // validating and allocating it again per point.

@@ -45,7 +45,8 @@ pub mod import;
 mod openapi;
 pub(crate) mod params;
 mod sensors;
-mod series;
+/// `pub(crate)` for the fuzz entry points ([`crate::fuzzing`]).
+pub(crate) mod series;
 pub mod state;
 
 pub use error::ApiError;

@@ -25,12 +25,17 @@
 //! - [`store_copy`]: `engine copy`, every sensor from one store to another
 //!   (embedded and PostgreSQL), checked by count and checksum.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
+//! - `fuzzing` (hidden): the decoders' entry points for the fuzz targets in
+//!   `fuzz/`.
 
 pub mod cli;
 pub mod cluster;
 pub mod csv_format;
 pub mod demo;
 pub mod export;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod ingest;

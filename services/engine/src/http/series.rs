@@ -16,7 +16,7 @@ use axum::extract::{Query, State};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::model::PointBatch;
+use crate::model::{PointBatch, SensorId};
 
 use super::error::ApiError;
 use super::params;
@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_POINTS: usize = 1_000;
 /// The most points one response may hold; larger requests are capped.
 pub const MAX_MAX_POINTS: usize = 10_000;
 /// Fewest points: one M4 bucket.
-const MIN_MAX_POINTS: usize = 4;
+pub const MIN_MAX_POINTS: usize = 4;
 
 /// The response: columnar, as uPlot takes it.
 #[derive(Debug, Serialize)]
@@ -44,6 +44,47 @@ pub struct Series {
     pub qualities: Vec<u8>,
 }
 
+/// The checked query of a series request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesParams {
+    pub sensor_id: SensorId,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// Within [`MIN_MAX_POINTS`]..=[`MAX_MAX_POINTS`].
+    pub max_points: usize,
+}
+
+impl SeriesParams {
+    /// Checks the query's parameters (a function of its own so the fuzzer
+    /// reaches it without a server).
+    pub fn parse(query: &HashMap<String, String>) -> Result<Self, ApiError> {
+        let get = |name: &str| query.get(name).map(String::as_str);
+        let sensor_id = params::sensor_id(get("sensor_id"))?;
+        let start = params::timestamp("start_ts", get("start_ts"))?;
+        let end = params::timestamp("end_ts", get("end_ts"))?;
+        let max_points = match get("max_points") {
+            None => DEFAULT_MAX_POINTS,
+            Some(raw) => match raw.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n.clamp(MIN_MAX_POINTS, MAX_MAX_POINTS),
+                _ => {
+                    return Err(ApiError::InvalidParameter(format!(
+                        "max_points: {raw:?} is not a positive integer"
+                    )));
+                }
+            },
+        };
+        if let (Some(start), Some(end)) = (start, end) {
+            params::range(start, end)?;
+        }
+        Ok(Self {
+            sensor_id,
+            start,
+            end,
+            max_points,
+        })
+    }
+}
+
 /// `sensor_id` (required), `start_ts`/`end_ts` (default: the sensor's first
 /// point and one past its last), `max_points` (default 1000, capped at 10000).
 pub async fn series(
@@ -51,24 +92,12 @@ pub async fn series(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Series>, ApiError> {
     let Query(query) = query?;
-    let get = |name: &str| query.get(name).map(String::as_str);
-    let sensor_id = params::sensor_id(get("sensor_id"))?;
-    let start = params::timestamp("start_ts", get("start_ts"))?;
-    let end = params::timestamp("end_ts", get("end_ts"))?;
-    let max_points = match get("max_points") {
-        None => DEFAULT_MAX_POINTS,
-        Some(raw) => match raw.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n.clamp(MIN_MAX_POINTS, MAX_MAX_POINTS),
-            _ => {
-                return Err(ApiError::InvalidParameter(format!(
-                    "max_points: {raw:?} is not a positive integer"
-                )));
-            }
-        },
-    };
-    if let (Some(start), Some(end)) = (start, end) {
-        params::range(start, end)?;
-    }
+    let SeriesParams {
+        sensor_id,
+        start,
+        end,
+        max_points,
+    } = SeriesParams::parse(&query)?;
     let Some(info) = state.storage.sensor(&sensor_id).await? else {
         return Err(ApiError::SensorNotFound(sensor_id));
     };

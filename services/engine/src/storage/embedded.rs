@@ -42,11 +42,13 @@
 
 mod backup;
 mod blocks;
-mod codec;
+/// `pub(crate)` for the fuzz entry points ([`crate::fuzzing`]).
+pub(crate) mod codec;
 mod head;
 pub mod io;
 mod staging;
-mod wal;
+/// `pub(crate)` for the fuzz entry points ([`crate::fuzzing`]).
+pub(crate) mod wal;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions, TryLockError};

@@ -30,3 +30,7 @@ mod ingest_support;
 mod nats;
 // NATS credentials and TLS (issue 9 item 7).
 mod nats_auth;
+
+// Reliability (issue 13): fuzz inputs replayed, network faults, full disks.
+mod fuzz_regressions;
+mod netfault;

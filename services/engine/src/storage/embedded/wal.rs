@@ -171,18 +171,7 @@ impl WalWriter {
     /// [`WalError::Failed`]: the caller must stop writing.
     pub fn append(&mut self, record: &Record) -> Result<(), WalError> {
         self.buffer.clear();
-        self.buffer.extend_from_slice(&[0; RECORD_HEADER]);
-        encode_payload(record, &mut self.buffer);
-        let payload_len = u32::try_from(self.buffer.len() - RECORD_HEADER).map_err(|_| {
-            WalError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a single write batch is larger than 4 GiB",
-            ))
-        })?;
-        self.buffer[0..4].copy_from_slice(&RECORD_MAGIC);
-        self.buffer[4..8].copy_from_slice(&payload_len.to_le_bytes());
-        let crc = record_crc(&self.buffer[4..8], &self.buffer[RECORD_HEADER..]);
-        self.buffer[8..12].copy_from_slice(&crc.to_le_bytes());
+        frame_record(record, &mut self.buffer)?;
         if let Err(error) = self
             .faults
             .write_at(IoTarget::Wal, &self.file, &self.buffer, self.len)
@@ -218,6 +207,31 @@ impl WalWriter {
         *self = next;
         Ok(())
     }
+}
+
+/// Appends `record` to `out` as it goes into a segment: header (magic,
+/// length, checksum) and payload.
+pub fn frame_record(record: &Record, out: &mut Vec<u8>) -> Result<(), WalError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER]);
+    encode_payload(record, out);
+    let payload_len = u32::try_from(out.len() - start - RECORD_HEADER).map_err(|_| {
+        WalError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a single write batch is larger than 4 GiB",
+        ))
+    })?;
+    let header = &mut out[start..start + RECORD_HEADER];
+    header[0..4].copy_from_slice(&RECORD_MAGIC);
+    header[4..8].copy_from_slice(&payload_len.to_le_bytes());
+    let crc = record_crc(&out[start + 4..start + 8], &out[start + RECORD_HEADER..]);
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The bytes every segment of the current format starts with.
+pub fn segment_header() -> &'static [u8] {
+    MAGIC
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -268,6 +282,11 @@ pub struct SegmentContents {
 /// segment, the only one that may end in a torn tail.
 pub fn read_segment(path: &Path, newest: bool) -> Result<SegmentContents, WalError> {
     let bytes = fs::read(path)?;
+    parse_segment(path, &bytes, newest)
+}
+
+/// [`read_segment`] on the bytes of the segment at `path` (named in errors).
+pub fn parse_segment(path: &Path, bytes: &[u8], newest: bool) -> Result<SegmentContents, WalError> {
     let damaged = |offset: usize, reason: &str| WalError::Damaged {
         path: path.to_owned(),
         offset: offset as u64,
@@ -276,27 +295,27 @@ pub fn read_segment(path: &Path, newest: bool) -> Result<SegmentContents, WalErr
     let mut contents = SegmentContents::default();
     if bytes.len() < MAGIC.len() {
         // A segment torn before its header was complete holds no record.
-        if newest && (MAGIC.starts_with(&bytes) || MAGIC_V1.starts_with(&bytes)) {
+        if newest && (MAGIC.starts_with(bytes) || MAGIC_V1.starts_with(bytes)) {
             contents.torn_bytes = bytes.len() as u64;
             return Ok(contents);
         }
         return Err(damaged(0, "the segment header is cut short"));
     }
     if &bytes[..MAGIC.len()] == MAGIC_V1 {
-        return Ok(read_v1(&bytes));
+        return Ok(read_v1(bytes));
     }
     if &bytes[..MAGIC.len()] != MAGIC {
         return Err(damaged(0, "not a write-ahead log segment (bad magic)"));
     }
     let mut at = MAGIC.len();
     while at < bytes.len() {
-        match record_at(&bytes, at) {
+        match record_at(bytes, at) {
             Ok((record, end)) => {
                 contents.records.push(record);
                 at = end;
             }
             Err(reason) => {
-                if let Some(next) = next_intact_record(&bytes, at + 1) {
+                if let Some(next) = next_intact_record(bytes, at + 1) {
                     return Err(damaged(
                         at,
                         &format!("{reason}, but an intact record follows at byte {next}"),
