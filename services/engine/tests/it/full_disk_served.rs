@@ -100,10 +100,16 @@ async fn a_running_engine_on_a_full_disk_pauses_then_takes_every_point_without_a
         .send()
         .await
         .unwrap();
+    // The server answers as soon as staging fails, before the upload ends,
+    // and may close the connection with the request body unread: the body
+    // of the answer can then be lost to the reset, never its status.
     let status = response.status().as_u16();
-    let body = response.text().await.unwrap();
+    let body = response.text().await.unwrap_or_default();
     assert_eq!(status, 507, "{body}");
-    assert!(body.contains("insufficient_storage"), "{body}");
+    assert!(
+        body.is_empty() || body.contains("insufficient_storage"),
+        "{body}"
+    );
 
     // gRPC Write: RESOURCE_EXHAUSTED, nothing stored.
     let mut grpc = connect_engine(engine.grpc_url()).await;
