@@ -212,43 +212,10 @@ impl LiveStorage {
     pub fn hub(&self) -> &LiveHub {
         &self.hub
     }
-}
 
-#[async_trait]
-impl StorageEngine for LiveStorage {
-    async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
-        // Prepared before the write consumes the samples; delivered only
-        // once it is durable, so a follower never sees a point that is lost.
-        let pending = self.hub.prepare(&samples);
-        self.inner.write(samples).await?;
-        LiveHub::deliver(pending);
-        Ok(())
-    }
-
-    fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
-        self.inner.scan(sensor_id, range)
-    }
-
-    async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
-        self.inner.sensors().await
-    }
-
-    async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
-        self.inner.sensor(sensor_id).await
-    }
-
-    /// Forwarded, not the trait's default: the inner store may answer from
-    /// summaries instead of a full scan.
-    async fn downsample(
-        &self,
-        sensor_id: &SensorId,
-        range: TimeRange,
-        buckets: usize,
-    ) -> Result<Downsampled, StorageError> {
-        self.inner.downsample(sensor_id, range, buckets).await
-    }
-
-    async fn import(
+    /// The import, and then the copy of a small one (or a resync) for the
+    /// sensor's followers.
+    async fn import_and_publish(
         &self,
         sensor_id: &SensorId,
         batches: PointStream,
@@ -284,9 +251,60 @@ impl StorageEngine for LiveStorage {
         let _ = sender.send(update);
         Ok(summary)
     }
+}
+
+#[async_trait]
+impl StorageEngine for LiveStorage {
+    async fn write(&self, samples: Vec<Sample>) -> Result<(), StorageError> {
+        // Prepared before the write consumes the samples; delivered only
+        // once it is durable, so a follower never sees a point that is lost.
+        let pending = self.hub.prepare(&samples);
+        let points = samples.len() as u64;
+        self.inner.write(samples).await?;
+        crate::metrics::points_written("write", points);
+        LiveHub::deliver(pending);
+        Ok(())
+    }
+
+    fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream {
+        self.inner.scan(sensor_id, range)
+    }
+
+    async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
+        self.inner.sensors().await
+    }
+
+    async fn sensor(&self, sensor_id: &SensorId) -> Result<Option<SensorInfo>, StorageError> {
+        self.inner.sensor(sensor_id).await
+    }
+
+    /// Forwarded, not the trait's default: the inner store may answer from
+    /// summaries instead of a full scan.
+    async fn downsample(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        buckets: usize,
+    ) -> Result<Downsampled, StorageError> {
+        self.inner.downsample(sensor_id, range, buckets).await
+    }
+
+    async fn import(
+        &self,
+        sensor_id: &SensorId,
+        batches: PointStream,
+    ) -> Result<ImportSummary, StorageError> {
+        let summary = self.import_and_publish(sensor_id, batches).await?;
+        crate::metrics::points_written("import", summary.points);
+        Ok(summary)
+    }
 
     fn health(&self) -> StoreHealth {
         self.inner.health()
+    }
+
+    fn disk_usage(&self) -> Option<crate::storage::DiskUsage> {
+        self.inner.disk_usage()
     }
 
     async fn drop_before(

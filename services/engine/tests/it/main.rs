@@ -25,3 +25,8 @@ mod grpc;
 mod bit_exact;
 mod ingest_support;
 mod nats;
+
+// Operations (issue 12): metrics, the self-contained binary, configuration.
+mod binary;
+mod config;
+mod metrics;
