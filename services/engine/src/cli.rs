@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
 use futures_util::StreamExt;
 
 use crate::csv_format::read_points;
 use crate::export::{self, ExportError, ExportOptions, ExportRequest};
 use crate::model::{SensorId, parse_timestamp};
 use crate::server::{self, ServeConfig};
-use crate::storage::embedded::EmbeddedStore;
+use crate::storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::storage::postgres::PgStorage;
 use crate::storage::{SharedStorage, StorageError};
 use crate::store_copy;
@@ -24,6 +25,10 @@ use crate::store_copy;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Format of the log on standard error: `text` (colour only on a
+    /// terminal) or `json` (one object per line).
+    #[arg(long, global = true, env = "ENGINE_LOG_FORMAT", default_value = "text")]
+    log_format: crate::logging::LogFormat,
 }
 
 /// Where the data is: the flags shared by every command.
@@ -142,7 +147,7 @@ enum Command {
         #[command(flatten)]
         data_dir: DataDir,
         #[command(flatten)]
-        config: ServeConfig,
+        config: Box<ServeConfig>,
     },
     /// Load a CSV (header `timestamp_ms,value,quality`) into one sensor, all
     /// or nothing: a bad row stores nothing of the file.
@@ -305,13 +310,18 @@ async fn run_export(storage: &SharedStorage, args: &ExportArgs) -> Result<(), Cl
 
 /// Parses the command line and runs the command; the process exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .init();
+    // `serve --config FILE` is merged in below flags and environment.
+    let (cli, matches) = match crate::config::parse::<Cli>(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(error) => error.exit(),
+    };
+    if let Command::Serve { config, .. } = &cli.command
+        && config.print_config
+    {
+        print!("{}", crate::config::effective::<Cli>(&matches));
+        return ExitCode::SUCCESS;
+    }
+    crate::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -367,8 +377,15 @@ async fn open_location(location: &str) -> Result<SharedStorage, CliError> {
 }
 
 async fn open_embedded(data_dir: &Path) -> Result<Arc<EmbeddedStore>, CliError> {
+    open_embedded_with(data_dir, EmbeddedOptions::default()).await
+}
+
+async fn open_embedded_with(
+    data_dir: &Path,
+    options: EmbeddedOptions,
+) -> Result<Arc<EmbeddedStore>, CliError> {
     let dir = data_dir.to_owned();
-    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir))
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open_with(&dir, options))
         .await
         .map_err(|e| CliError::Usage(format!("opening the store panicked: {e}")))??;
     Ok(Arc::new(store))
@@ -381,8 +398,11 @@ async fn execute(command: Command) -> Result<(), CliError> {
             mut config,
         } => {
             config.shared_store = data_dir.store.is_some();
-            let store = open_store(&data_dir).await?;
-            let result = server::run(config, store.clone(), server::shutdown_signal()).await;
+            let store: SharedStorage = match &data_dir.store {
+                None => open_embedded_with(&data_dir.data_dir, config.embedded_options()).await?,
+                Some(_) => open_store(&data_dir).await?,
+            };
+            let result = server::run(*config, store.clone(), server::shutdown_signal()).await;
             store.close().await?;
             result?;
             Ok(())

@@ -187,7 +187,13 @@ pub async fn open(
         let scan = storage.scan(&request.sensors[0], request.range);
         legacy_csv_body(scan, &request, encoding)
     } else {
-        let chunks = chunks(storage, &request, points_estimate);
+        let chunks = chunks(storage, &request, points_estimate)
+            .inspect(|chunk| {
+                if let Ok(chunk) = chunk {
+                    crate::metrics::export_rows(chunk.len() as u64);
+                }
+            })
+            .boxed();
         match request.format {
             ExportFormat::Csv => {
                 let encoder = Arc::new(csv::TableCsvEncoder::new(request.csv.clone(), schema));
@@ -275,7 +281,11 @@ fn legacy_csv_body(
     let encoder = Arc::new(CsvEncoder::new(request.csv.clone()));
     let mut header = Vec::with_capacity(64);
     encoder.write_header(&mut header);
-    let batches = rebatch(scan, MIN_CHUNK_ROWS);
+    let batches = rebatch(scan, MIN_CHUNK_ROWS).inspect(|batch| {
+        if let Ok(batch) = batch {
+            crate::metrics::export_rows(batch.len() as u64);
+        }
+    });
     encoded_body(header, batches, encoding, move |batch: PointBatch, out| {
         encoder.write_batch(&batch, out)
     })

@@ -48,6 +48,7 @@ mod sensors;
 /// `pub(crate)` for the fuzz entry points ([`crate::fuzzing`]).
 pub(crate) mod series;
 pub mod state;
+mod web;
 
 pub use error::ApiError;
 pub use state::{AppState, HttpConfig};
@@ -55,9 +56,26 @@ pub use state::{AppState, HttpConfig};
 /// The default HTTP address: all interfaces, port 8080 (gRPC keeps 50051).
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 
+/// Where the dashboard at `/` comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Dashboard<'a> {
+    /// None: the API alone (tests).
+    None,
+    /// A built dashboard in a directory (`--web-dir`, for development).
+    Dir(&'a std::path::Path),
+    /// The build embedded in the binary (or, without one, a page saying
+    /// how to build it).
+    Embedded,
+}
+
 /// Every route: `/healthz`, `/readyz`, the API under `/api/v1`, then the
-/// dashboard.
+/// dashboard from `web_dir` (none without it).
 pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
+    router_with(state, web_dir.map_or(Dashboard::None, Dashboard::Dir))
+}
+
+/// [`router`] with the dashboard from anywhere, the embedded one included.
+pub fn router_with(state: AppState, dashboard: Dashboard<'_>) -> Router {
     // Compression (gzip, zstd) at the fastest level for the JSON answers.
     // Not for exports: they compress inside their parallel encoders (and
     // set Content-Encoding, which this layer leaves alone), or are
@@ -97,10 +115,22 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        // Operations: Prometheus scrapes it. Unauthenticated like the
+        // probes for now; whether it needs a token is decided here.
+        .route("/metrics", get(crate::metrics::render))
         .nest("/api/v1", api);
-    if let Some(dir) = web_dir {
-        let spa = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));
-        app = app.fallback_service(spa);
+    match dashboard {
+        Dashboard::None => {}
+        Dashboard::Dir(dir) => {
+            let spa = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));
+            app = app.fallback_service(spa);
+        }
+        Dashboard::Embedded => {
+            // Compressed on request (the script is ~300 KB, ~100 KB
+            // gzipped); the layer sits on this handler alone.
+            let compress = CompressionLayer::new().quality(CompressionLevel::Fastest);
+            app = app.fallback(axum::handler::Handler::layer(web::serve, compress));
+        }
     }
     // One span per request (method, path, version) and one line per
     // response (status, latency to the headers); exports add their own line
@@ -126,8 +156,9 @@ async fn api_method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// Serves the whole HTTP API over `storage` on `listener` until `shutdown`
 /// resolves: what `engine serve` runs. `extra_routes` (the live view's SSE)
-/// are served beside the API. A missing `web_dir` is logged and the API
-/// served alone.
+/// are served beside the API. The dashboard comes from `config.web_dir`
+/// when set (a directory without `index.html` is logged and the embedded
+/// dashboard served instead), else from the binary.
 pub async fn serve_api(
     listener: TcpListener,
     storage: SharedStorage,
@@ -135,14 +166,23 @@ pub async fn serve_api(
     config: &HttpConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let web_dir = config.web_dir.as_deref().filter(|dir| {
-        let found = dir.join("index.html").is_file();
-        if !found {
-            tracing::warn!(dir = %dir.display(), "no dashboard build here (index.html); serving the API only");
+    let dashboard = match config.web_dir.as_deref() {
+        Some(dir) if dir.join("index.html").is_file() => Dashboard::Dir(dir),
+        Some(dir) => {
+            tracing::warn!(dir = %dir.display(), "no dashboard build here (index.html); serving the embedded one");
+            Dashboard::Embedded
         }
-        found
-    });
-    let app = router(AppState::new(storage, config), web_dir).merge(extra_routes);
+        None => Dashboard::Embedded,
+    };
+    if matches!(dashboard, Dashboard::Embedded) && !web::embedded() {
+        tracing::warn!("this binary was built without the dashboard; / says how to build it");
+    }
+    crate::metrics::install();
+    let app = router_with(AppState::new(storage, config), dashboard)
+        .merge(extra_routes)
+        // Last, so every route (the live view's too) and the fallback are
+        // counted, each under its route template.
+        .layer(axum::middleware::from_fn(crate::metrics::track_http));
     serve(listener, app, config, shutdown).await
 }
 

@@ -20,16 +20,22 @@
 //!   reflection.
 //! - [`ingest`]: JSON points from NATS JetStream ([`ingest::nats`]), group
 //!   committed and acknowledged after they are durable.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`), recorded where
+//!   things happen through the `metrics` facade.
 //! - [`retention`]: drops points older than a rule's age, in the background.
 //! - [`demo`]: the `serve --demo` plant simulator.
 //! - [`store_copy`]: `engine copy`, every sensor from one store to another
 //!   (embedded and PostgreSQL), checked by count and checksum.
+//! - [`config`]: `engine serve --config FILE` and `--print-config`,
+//!   generic over the command line's definition.
+//! - [`logging`]: `--log-format text|json` on standard error.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 //! - `fuzzing` (hidden): the decoders' entry points for the fuzz targets in
 //!   `fuzz/`.
 
 pub mod cli;
 pub mod cluster;
+pub mod config;
 pub mod csv_format;
 pub mod demo;
 pub mod export;
@@ -40,6 +46,8 @@ pub mod grpc;
 pub mod http;
 pub mod ingest;
 pub mod live;
+pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod retention;
 pub mod server;

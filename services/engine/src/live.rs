@@ -277,7 +277,9 @@ impl StorageEngine for LiveStorage {
         // once it is durable, so a follower never sees a point that is lost.
         let pending = self.hub.prepare(&samples);
         let relayed = self.relay.as_ref().map(|relay| relay.encode(&samples));
+        let points = samples.len() as u64;
         self.inner.write(samples).await?;
+        crate::metrics::points_written("write", points);
         LiveHub::deliver(pending);
         if let (Some(relay), Some(messages)) = (&self.relay, relayed) {
             relay.send(messages);
@@ -315,6 +317,7 @@ impl StorageEngine for LiveStorage {
     ) -> Result<ImportSummary, StorageError> {
         let Some(sender) = self.hub.sender_of(sensor_id) else {
             let summary = self.inner.import(sensor_id, batches).await?;
+            crate::metrics::points_written("import", summary.points);
             // Other engines' followers refetch rather than get a copy: an
             // import may be larger than memory.
             if let Some(relay) = &self.relay {
@@ -341,6 +344,7 @@ impl StorageEngine for LiveStorage {
                 .boxed()
         };
         let summary = self.inner.import(sensor_id, tee).await?;
+        crate::metrics::points_written("import", summary.points);
         if let Some(relay) = &self.relay {
             relay.resync(sensor_id);
         }
@@ -356,6 +360,10 @@ impl StorageEngine for LiveStorage {
 
     fn health(&self) -> StoreHealth {
         self.inner.health()
+    }
+
+    fn disk_usage(&self) -> Option<crate::storage::DiskUsage> {
+        self.inner.disk_usage()
     }
 
     async fn drop_before(

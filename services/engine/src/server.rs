@@ -15,11 +15,6 @@ use crate::live::LiveStorage;
 use crate::storage::SharedStorage;
 use crate::{demo, grpc, ingest, live};
 
-/// How long in-flight gRPC calls may take to finish after the shutdown
-/// signal before they are cut (a client streaming `Write` forever must not
-/// keep the process alive; its unacknowledged points are simply not stored).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Everything `engine serve` was asked to run: its flags, each with an
 /// environment variable. A new limit or address belongs here, so that it is a
 /// flag, an environment variable and a config-file key at once.
@@ -70,9 +65,10 @@ pub struct ServeConfig {
     /// it turns on the live relay between engines.
     #[arg(skip)]
     pub shared_store: bool,
-    /// Directory of the built dashboard, served at `/`.
-    #[arg(long, env = "ENGINE_WEB_DIR", default_value = "viz/dist")]
-    pub web_dir: PathBuf,
+    /// Directory of a built dashboard to serve at `/` instead of the one
+    /// embedded in the binary (for dashboard development: `viz/dist`).
+    #[arg(long, env = "ENGINE_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
     /// Run the built-in plant simulator: history plus live readings.
     #[arg(long)]
     pub demo: bool,
@@ -94,6 +90,91 @@ pub struct ServeConfig {
     /// How often retention runs, e.g. `10m`.
     #[arg(long, env = "ENGINE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::model::parse_duration)]
     pub retention_interval: Duration,
+    /// Exports running at once; one more is answered 429 at once.
+    #[arg(long, env = "ENGINE_MAX_CONCURRENT_EXPORTS", default_value_t = 64)]
+    pub max_concurrent_exports: usize,
+    /// Time a client gets to send a request's headers (against slowloris).
+    #[arg(long, env = "ENGINE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::model::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// After a shutdown signal, how long running HTTP requests (exports)
+    /// may take to finish before their connections are dropped.
+    #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = crate::model::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// After a shutdown signal, how long gRPC calls may take to finish
+    /// before they are cut (a client streaming `Write` forever must not keep
+    /// the process alive; its unacknowledged points are not stored).
+    #[arg(long, env = "ENGINE_DRAIN_TIMEOUT", default_value = "10s", value_parser = crate::model::parse_duration)]
+    pub drain_timeout: Duration,
+    /// XLSX data rows per sheet before the export goes on in the next sheet
+    /// (Excel holds 1,048,576 rows with the header).
+    #[arg(long, env = "ENGINE_XLSX_ROWS_PER_SHEET", default_value_t = crate::export::xlsx::EXCEL_MAX_DATA_ROWS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub xlsx_rows_per_sheet: u32,
+    /// Embedded store: points written to the in-memory head before it is
+    /// frozen and folded into blocks in the background (memory, about 50
+    /// bytes a point for up to three heads, and replay time after a crash).
+    #[arg(long, env = "ENGINE_HEAD_FLUSH_POINTS", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub head_flush_points: u64,
+    /// Embedded store: a head is also frozen when its WAL segment grows past
+    /// this many bytes.
+    #[arg(long, env = "ENGINE_WAL_SEGMENT_BYTES", default_value_t = 256 << 20)]
+    pub wal_segment_bytes: u64,
+    /// Embedded store: bytes of redb's page cache.
+    #[arg(long, env = "ENGINE_CACHE_BYTES", default_value_t = 32 << 20)]
+    pub cache_bytes: u64,
+    /// NATS: the JetStream stream to consume (created over `sensors.>`
+    /// when missing).
+    #[arg(long, env = "ENGINE_NATS_STREAM", default_value = "SENSORS")]
+    pub nats_stream: String,
+    /// NATS: the durable consumer's name (the server keeps its position).
+    #[arg(long, env = "ENGINE_NATS_DURABLE", default_value = "sensor-engine")]
+    pub nats_durable: String,
+    /// NATS: most messages written in one group commit.
+    #[arg(long, env = "ENGINE_NATS_MAX_BATCH_MESSAGES", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub nats_max_batch_messages: u64,
+    /// NATS: how long JetStream waits for an acknowledgement before it
+    /// redelivers a message.
+    #[arg(long, env = "ENGINE_NATS_ACK_WAIT", default_value = "10s", value_parser = crate::model::parse_duration)]
+    pub nats_ack_wait: Duration,
+    /// Read every option above from this TOML file (keys as the flags, with
+    /// `_` for `-`); a flag or an environment variable outranks the file.
+    #[arg(long, env = "ENGINE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (TOML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl ServeConfig {
+    /// The embedded store's tuning these flags ask for.
+    pub fn embedded_options(&self) -> crate::storage::embedded::EmbeddedOptions {
+        crate::storage::embedded::EmbeddedOptions {
+            head_flush_points: usize::try_from(self.head_flush_points).unwrap_or(usize::MAX),
+            wal_segment_bytes: self.wal_segment_bytes,
+            cache_bytes: usize::try_from(self.cache_bytes).unwrap_or(usize::MAX),
+            ..Default::default()
+        }
+    }
+
+    /// The NATS consumer these flags ask for, if any.
+    fn nats(&self) -> Option<NatsConfig> {
+        let url = self.nats_url.clone()?;
+        Some(NatsConfig {
+            stream: self.nats_stream.clone(),
+            durable: self.nats_durable.clone(),
+            max_batch_messages: usize::try_from(self.nats_max_batch_messages).unwrap_or(usize::MAX),
+            ack_wait: self.nats_ack_wait,
+            replicas: self.nats_replicas,
+            credentials: crate::ingest::nats::NatsCredentials {
+                user_password: self
+                    .nats_user
+                    .clone()
+                    .zip(self.nats_password.as_ref().map(|p| p.expose().to_owned())),
+                token: self.nats_token.as_ref().map(|t| t.expose().to_owned()),
+                ca_file: self.nats_ca.clone(),
+            },
+            ..NatsConfig::new(url)
+        })
+    }
 }
 
 /// Errors that stop the server.
@@ -128,18 +209,7 @@ pub async fn run(
     // so the live view and gRPC Subscribe see all of them; in cluster mode
     // the hub also gets what the other engines stored (crate::cluster).
     let hub = live::LiveHub::new();
-    let nats_config = config.nats_url.clone().map(|url| NatsConfig {
-        replicas: config.nats_replicas,
-        credentials: crate::ingest::nats::NatsCredentials {
-            user_password: config
-                .nats_user
-                .clone()
-                .zip(config.nats_password.as_ref().map(|p| p.expose().to_owned())),
-            token: config.nats_token.as_ref().map(|t| t.expose().to_owned()),
-            ca_file: config.nats_ca.clone(),
-        },
-        ..NatsConfig::new(url)
-    });
+    let nats_config = config.nats();
     let relay = match (&nats_config, config.shared_store) {
         (Some(nats_config), true) => {
             let (relay, task) = crate::cluster::NatsLiveRelay::start(
@@ -195,11 +265,14 @@ pub async fn run(
     ));
 
     let http_config = crate::http::HttpConfig {
-        web_dir: Some(config.web_dir.clone()),
+        web_dir: config.web_dir.clone(),
+        max_concurrent_exports: config.max_concurrent_exports,
+        xlsx_rows_per_sheet: config.xlsx_rows_per_sheet,
+        header_read_timeout: config.header_read_timeout,
+        shutdown_grace: config.shutdown_grace,
         import_max_bytes: config.import_max_bytes,
         import_idle_timeout: Duration::from_secs(config.import_idle_timeout),
         readiness: nats_readiness(&config, &ingest_stats),
-        ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(
         listener,
@@ -213,11 +286,12 @@ pub async fn run(
     // However HTTP ended, everything else stops too; then drain.
     hub.close();
     stop.send_replace(true);
-    match tokio::time::timeout(DRAIN_TIMEOUT, grpc).await {
+    let drain_timeout = config.drain_timeout;
+    match tokio::time::timeout(drain_timeout, grpc).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => tracing::error!(%error, "gRPC server failed"),
         Ok(Err(error)) => tracing::error!(%error, "gRPC server task failed"),
-        Err(_) => tracing::warn!("gRPC calls still running after {DRAIN_TIMEOUT:?}; cut"),
+        Err(_) => tracing::warn!("gRPC calls still running after {drain_timeout:?}; cut"),
     }
     if let Some(task) = nats {
         let _ = task.await;

@@ -62,6 +62,15 @@ pub struct Dropped {
     pub bytes: u64,
 }
 
+/// What a store occupies on disk, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes of the write-ahead log.
+    pub wal_bytes: u64,
+    /// Bytes of every file of the store, the WAL included (allocated).
+    pub total_bytes: u64,
+}
+
 /// The outcome of a successful [`StorageEngine::import`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportSummary {
@@ -250,6 +259,13 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// it often.
     fn health(&self) -> StoreHealth {
         StoreHealth::Ok
+    }
+
+    /// What the store occupies on disk right now; `None` where the store
+    /// does not know (a database server). Reads file sizes, no data: cheap
+    /// enough for every metrics scrape.
+    fn disk_usage(&self) -> Option<DiskUsage> {
+        None
     }
 
     /// Makes everything written so far durable in the store's main structure

@@ -109,6 +109,7 @@ where
     Guarded {
         inner: Box::pin(body),
         _permit: permit,
+        _running: crate::metrics::ExportRunning::start(),
         started: std::time::Instant::now(),
         bytes: 0,
         outcome: Outcome::Left,
@@ -130,6 +131,8 @@ enum Outcome {
 struct Guarded<S> {
     inner: std::pin::Pin<Box<S>>,
     _permit: OwnedSemaphorePermit,
+    /// Counts the export in `engine_exports_running` while it streams.
+    _running: crate::metrics::ExportRunning,
     started: std::time::Instant,
     bytes: u64,
     outcome: Outcome,

@@ -13,8 +13,9 @@ use crate::storage::SharedStorage;
 /// uses unless told otherwise.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// The built dashboard (`viz/dist`), served with an SPA fallback to
-    /// `index.html` after the API routes. `None` serves the API alone.
+    /// A built dashboard (`viz/dist`) to serve from disk, with an SPA
+    /// fallback to `index.html` after the API routes. `None`: `serve_api`
+    /// serves the one embedded in the binary, `router` none.
     pub web_dir: Option<PathBuf>,
     /// Exports running at once; one more is answered 429 at once. Each export
     /// holds its permit until its body ends, not just until the headers leave.
@@ -57,7 +58,7 @@ impl std::fmt::Debug for ReadinessProbe {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            web_dir: Some(PathBuf::from("viz/dist")),
+            web_dir: None,
             max_concurrent_exports: 64,
             xlsx_rows_per_sheet: crate::export::xlsx::EXCEL_MAX_DATA_ROWS,
             header_read_timeout: Duration::from_secs(10),

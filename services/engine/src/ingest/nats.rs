@@ -705,6 +705,15 @@ async fn commit(context: Context, client: async_nats::Client, group: Group) -> R
             stats
                 .messages
                 .fetch_add(group.messages.len() as u64, Ordering::Relaxed);
+            let last = group
+                .messages
+                .last()
+                .and_then(|(message, _)| message.info().ok());
+            crate::metrics::nats_written(
+                group.messages.len() as u64,
+                last.as_ref().map(|info| info.pending),
+                last.map(|info| info.published.unix_timestamp_nanos()),
+            );
             context.progress().committed();
             // With the connection down, acknowledgements queue in the client
             // and, once its buffer is full, wait: give up on the session
@@ -731,6 +740,7 @@ async fn commit(context: Context, client: async_nats::Client, group: Group) -> R
                         acknowledge(&message, AckKind::Ack).await;
                         stats.points.fetch_add(count as u64, Ordering::Relaxed);
                         stats.messages.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::nats_written(1, None, None);
                     }
                     Err(StorageError::InvalidInput(reason)) => {
                         dead_letter(&context, &client, &message, &reason).await;
@@ -793,6 +803,7 @@ async fn dead_letter(
     reason: &str,
 ) {
     let count = context.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+    crate::metrics::nats_dead_lettered(message.info().ok().map(|info| info.pending));
     // A flood of garbage must not flood the log too.
     if count <= 100 || count.is_power_of_two() {
         tracing::warn!(subject = %message.subject, %reason, malformed_so_far = count, "dropping malformed NATS message");

@@ -526,6 +526,31 @@ fn lock_directory(dir: &Path) -> Result<File, StorageError> {
     Ok(file)
 }
 
+/// Allocated bytes of the files in `dir` and below (the WAL's apart); a
+/// file that vanishes meanwhile (a deleted segment) just does not count.
+fn disk_usage(dir: &Path) -> super::DiskUsage {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(dir: &Path, total: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => walk(&entry.path(), total),
+                Ok(meta) => *total += meta.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    let (mut wal_bytes, mut total_bytes) = (0, 0);
+    walk(&dir.join("wal"), &mut wal_bytes);
+    walk(dir, &mut total_bytes);
+    super::DiskUsage {
+        wal_bytes,
+        total_bytes,
+    }
+}
+
 fn delete_segments_up_to(wal_dir: &Path, seq: u64) {
     match wal::list_segments(wal_dir) {
         Ok(segments) => {
@@ -689,6 +714,7 @@ impl Inner {
             memory.active.apply(&record, version);
             (memory.active.points(), memory.frozen.len())
         };
+        self.report_heads();
         if frozen < MAX_FROZEN_HEADS
             && (head_points >= self.options.head_flush_points
                 || wal.writer.len() >= self.options.wal_segment_bytes)
@@ -765,6 +791,12 @@ impl Inner {
         Ok(())
     }
 
+    /// Points in the heads and frozen heads, for the metrics.
+    fn report_heads(&self) {
+        let memory = self.read_memory();
+        crate::metrics::heads(memory.heads().map(Head::points).sum(), memory.frozen.len());
+    }
+
     /// Folds frozen heads until none is left (at open and close).
     fn fold_all(&self) -> Result<(), StorageError> {
         while self.fold_oldest()? {}
@@ -786,6 +818,7 @@ impl Inner {
                 .collect();
             (frozen, keys, memory.next_key)
         };
+        let started = std::time::Instant::now();
         let result = self.commit_blocks(frozen.head.points(), |tables| {
             for (sensor_id, key) in &keys {
                 let points = frozen.head.sensor_points(sensor_id);
@@ -808,6 +841,8 @@ impl Inner {
                         memory.frozen.pop_front();
                     }
                 }
+                crate::metrics::checkpoint(started.elapsed());
+                self.report_heads();
                 drop(self.signal.lock());
                 self.signal.progress.notify_all();
                 if self.backups_running.load(Ordering::Acquire) == 0 {
@@ -1305,6 +1340,10 @@ impl StorageEngine for EmbeddedStore {
         tokio::task::spawn_blocking(move || inner.drop_before(&sensor_id, before_ms))
             .await
             .map_err(join_error)?
+    }
+
+    fn disk_usage(&self) -> Option<super::DiskUsage> {
+        Some(disk_usage(&self.inner.dir))
     }
 
     fn backup(&self) -> Result<ByteStream, StorageError> {

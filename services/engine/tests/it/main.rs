@@ -34,3 +34,8 @@ mod nats_auth;
 // Reliability (issue 13): fuzz inputs replayed, network faults, full disks.
 mod fuzz_regressions;
 mod netfault;
+
+// Operations (issue 12): metrics, the self-contained binary, configuration.
+mod binary;
+mod config;
+mod metrics;
