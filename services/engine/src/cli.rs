@@ -12,7 +12,7 @@ use crate::csv_format::read_points;
 use crate::export::{self, ExportError, ExportOptions, ExportRequest};
 use crate::model::{SensorId, parse_timestamp};
 use crate::server::{self, ServeConfig};
-use crate::storage::embedded::EmbeddedStore;
+use crate::storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::storage::postgres::PgStorage;
 use crate::storage::{SharedStorage, StorageError};
 use crate::store_copy;
@@ -375,7 +375,22 @@ async fn open_embedded(data_dir: &Path) -> Result<Arc<EmbeddedStore>, CliError> 
 async fn execute(command: Command) -> Result<(), CliError> {
     match command {
         Command::Serve { data_dir, config } => {
-            let store = open_store(&data_dir).await?;
+            let store = match config.head_flush_points {
+                Some(points) if data_dir.store.is_none() => {
+                    let options = EmbeddedOptions {
+                        head_flush_points: points as usize,
+                        ..EmbeddedOptions::default()
+                    };
+                    let dir = data_dir.data_dir.clone();
+                    let store = tokio::task::spawn_blocking(move || {
+                        EmbeddedStore::open_with(&dir, options)
+                    })
+                    .await
+                    .map_err(|e| CliError::Usage(format!("opening the store panicked: {e}")))??;
+                    Arc::new(store) as SharedStorage
+                }
+                _ => open_store(&data_dir).await?,
+            };
             let result = server::run(config, store.clone(), server::shutdown_signal()).await;
             store.close().await?;
             result?;

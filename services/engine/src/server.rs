@@ -59,6 +59,13 @@ pub struct ServeConfig {
     /// How often retention runs, e.g. `10m`.
     #[arg(long, env = "ENGINE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::model::parse_duration)]
     pub retention_interval: Duration,
+    /// Embedded store: points the in-memory head takes before it is folded
+    /// into blocks (a checkpoint). Fewer means less memory and a shorter
+    /// replay after a crash, for more, smaller folds; the default suits a
+    /// server. The full-disk tests set it low so that folds meet the full
+    /// disk.
+    #[arg(long, env = "ENGINE_HEAD_FLUSH_POINTS", value_parser = clap::value_parser!(u64).range(1_000..))]
+    pub head_flush_points: Option<u64>,
 }
 
 /// Errors that stop the server.

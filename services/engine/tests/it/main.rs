@@ -27,5 +27,6 @@ mod ingest_support;
 mod nats;
 
 // Reliability (issue 13): fuzz inputs replayed, network faults, full disks.
+mod full_disk_engine;
 mod fuzz_regressions;
 mod netfault;
