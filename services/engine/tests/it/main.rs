@@ -32,6 +32,7 @@ mod nats;
 mod nats_auth;
 
 // Reliability (issue 13): fuzz inputs replayed, network faults, full disks.
+mod full_disk_engine;
 mod fuzz_regressions;
 mod netfault;
 

@@ -207,14 +207,27 @@ pub fn decode_into(block: &[u8], out: &mut PointBatch) -> Result<BlockHeader, Co
     out.timestamps.reserve(n);
     out.values.reserve(n);
     out.qualities.reserve(n);
-    decode_timestamps(&mut reader, header.first_ts, n, &mut out.timestamps)?;
-    decode_values(&mut reader, n, &mut out.values)?;
-    decode_qualities(&mut reader, n, &mut out.qualities)?;
-    if out.timestamps.last() != Some(&header.last_ts) || out.len() - start != n {
+    let decoded = decode_timestamps(&mut reader, header.first_ts, n, &mut out.timestamps)
+        .and_then(|()| decode_values(&mut reader, n, &mut out.values))
+        .and_then(|()| decode_qualities(&mut reader, n, &mut out.qualities))
+        .and_then(|()| {
+            if out.timestamps.last() != Some(&header.last_ts)
+                || out.timestamps.len() - start != n
+                || out.values.len() - start != n
+                || out.qualities.len() - start != n
+            {
+                return Err(CodecError("timestamps do not match the header"));
+            }
+            Ok(())
+        });
+    if let Err(error) = decoded {
+        // Nothing of a bad block stays behind, and the columns stay the
+        // same length (a failure midway left some columns longer; found
+        // by fuzzing).
         out.timestamps.truncate(start);
         out.values.truncate(start);
         out.qualities.truncate(start);
-        return Err(CodecError("timestamps do not match the header"));
+        return Err(error);
     }
     Ok(header)
 }
@@ -410,7 +423,14 @@ fn decimal_plan(values: &[f64]) -> Option<(u8, Vec<usize>)> {
             }
         }
     }
-    (exceptions.len() < values.len()).then_some((scale, exceptions))
+    // A value that was a decimal at a smaller scale may not be one at the
+    // final scale: its integer can pass 2^53 there (1e12 and then 1e-6 in
+    // one block), and a block so encoded would not decode (found by
+    // fuzzing). The exceptions are those at the final scale.
+    let exceptions: Vec<usize> = (0..values.len())
+        .filter(|&i| !is_decimal(values[i], scale))
+        .collect();
+    (exceptions.len() <= budget && exceptions.len() < values.len()).then_some((scale, exceptions))
 }
 
 fn encode_values(values: &[f64], out: &mut Vec<u8>) {
@@ -755,6 +775,40 @@ mod tests {
         *state ^= *state >> 7;
         *state ^= *state << 17;
         *state
+    }
+
+    /// Found by fuzzing: a value decimal at a small scale (1e12 at scale 0)
+    /// whose integer passes 2^53 at the scale a later value needs (1e-6,
+    /// scale 6) made a block that did not decode ("bad bit width").
+    #[test]
+    fn a_large_decimal_then_a_fine_one_round_trips() {
+        let values = [1e12, 1.5, 0.000001, 9.9e15, 2.0, 3.0];
+        let timestamps: Vec<i64> = (0..values.len() as i64).collect();
+        let block = encode(&timestamps, &values, &[192; 6], &[1; 6]);
+        let mut out = PointBatch::default();
+        decode_into(&block, &mut out).unwrap();
+        let bits: Vec<u64> = out.values.iter().map(|v| v.to_bits()).collect();
+        let expected: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(bits, expected);
+    }
+
+    /// Found by fuzzing: a block failing in its values column left its
+    /// timestamps appended to the batch, the columns of unequal length.
+    #[test]
+    fn a_failed_decode_leaves_the_batch_as_it_was() {
+        let mut block = encode(&[1, 2, 3], &[1.5, 2.5, 3.5], &[192; 3], &[1; 3]);
+        let values_at = HEADER_LEN + 2; // mode, delta
+        block[values_at] = 9; // an unknown values mode
+        let mut out = PointBatch::default();
+        out.timestamps.push(0);
+        out.values.push(0.0);
+        out.qualities.push(0);
+        assert!(decode_into(&block, &mut out).is_err());
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out.timestamps.len(), out.values.len(), out.qualities.len()),
+            (1, 1, 1)
+        );
     }
 
     #[test]
