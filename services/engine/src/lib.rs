@@ -24,8 +24,11 @@
 //! - [`demo`]: the `serve --demo` plant simulator.
 //! - [`store_copy`]: `engine copy`, every sensor from one store to another
 //!   (embedded and PostgreSQL), checked by count and checksum.
+//! - [`auth`]: tokens (hash only), scopes over sensor patterns, browser
+//!   sessions: the one check HTTP, SSE and gRPC make.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 
+pub mod auth;
 pub mod cli;
 pub mod csv_format;
 pub mod demo;

@@ -32,11 +32,13 @@ fn now_ms() -> i64 {
 /// The export handler.
 pub async fn export(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     headers: HeaderMap,
     query: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query?;
     let request = ExportRequest::from_pairs(&pairs, now_ms())?;
+    caller.export(&request.sensors)?;
     let permit = Arc::clone(&state.export_permits)
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyRequests)?;
@@ -92,10 +94,12 @@ pub async fn export(
 /// The summary handler: the same parameters, answered as JSON.
 pub async fn summary(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     query: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<ExportSummary>, ApiError> {
     let Query(pairs) = query?;
     let request = ExportRequest::from_pairs(&pairs, now_ms())?;
+    caller.export(&request.sensors)?;
     Ok(Json(summarize(&state.storage, &request).await?))
 }
 

@@ -48,11 +48,13 @@ pub struct Series {
 /// point and one past its last), `max_points` (default 1000, capped at 10000).
 pub async fn series(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Series>, ApiError> {
     let Query(query) = query?;
     let get = |name: &str| query.get(name).map(String::as_str);
     let sensor_id = params::sensor_id(get("sensor_id"))?;
+    caller.read(&sensor_id)?;
     let start = params::timestamp("start_ts", get("start_ts"))?;
     let end = params::timestamp("end_ts", get("end_ts"))?;
     let max_points = match get("max_points") {

@@ -34,6 +34,14 @@ pub struct HttpConfig {
     /// How long an import's body may stall (no bytes arriving) before the
     /// import is abandoned with 408 and nothing of it stored.
     pub import_idle_timeout: Duration,
+    /// The tokens requests are checked against; `None` serves everyone
+    /// (`--no-auth`, and the tests that are not about auth).
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Whether session cookies get `Secure` (served over TLS).
+    pub secure_cookies: bool,
+    /// Failed authentications from one address before it is answered 429
+    /// (for a minute); after a quarter of them answers are slowed.
+    pub auth_failure_limit: u32,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +54,9 @@ impl Default for HttpConfig {
             shutdown_grace: Duration::from_secs(30),
             import_max_bytes: 16 << 30,
             import_idle_timeout: Duration::from_secs(30),
+            auth: None,
+            secure_cookies: false,
+            auth_failure_limit: 20,
         }
     }
 }
@@ -59,6 +70,11 @@ pub struct AppState {
     pub export_permits: Arc<Semaphore>,
     pub xlsx_rows_per_sheet: u32,
     pub import_limits: ImportLimits,
+    /// See [`HttpConfig::auth`].
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Failed authentications per client address (slowed, then 429).
+    pub auth_failures: Option<Arc<super::auth::FailureLimiter>>,
+    pub secure_cookies: bool,
 }
 
 /// What an import may take: its size and how long its body may stall.
@@ -78,6 +94,12 @@ impl AppState {
                 max_bytes: config.import_max_bytes,
                 idle_timeout: config.import_idle_timeout,
             },
+            auth: config.auth.clone(),
+            auth_failures: config
+                .auth
+                .as_ref()
+                .map(|_| Arc::new(super::auth::FailureLimiter::new(config.auth_failure_limit))),
+            secure_cookies: config.secure_cookies,
         }
     }
 }

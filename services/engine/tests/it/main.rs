@@ -25,3 +25,6 @@ mod grpc;
 mod bit_exact;
 mod ingest_support;
 mod nats;
+
+// Security (issue 9): tokens, scopes, sessions.
+mod auth;
