@@ -73,6 +73,10 @@ pub struct ServeConfig {
     /// slowed down.
     #[arg(long, env = "ENGINE_AUTH_FAILURE_LIMIT", default_value_t = 20)]
     pub auth_failure_limit: u32,
+    /// Exports one token may run at once (beside the global limit of 64);
+    /// one more is answered 429.
+    #[arg(long, env = "ENGINE_MAX_EXPORTS_PER_TOKEN", default_value_t = 8)]
+    pub max_exports_per_token: usize,
 }
 
 /// Errors that stop the server.
@@ -157,6 +161,7 @@ pub async fn run(
         import_idle_timeout: Duration::from_secs(config.import_idle_timeout),
         auth: auth.clone(),
         auth_failure_limit: config.auth_failure_limit,
+        max_exports_per_token: config.max_exports_per_token,
         ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(

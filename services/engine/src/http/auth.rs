@@ -517,3 +517,48 @@ pub fn document_security(document: &mut serde_json::Value) {
         }
     }
 }
+
+/// One running export of a token, counted in [`AppState::token_exports`]
+/// until dropped (with the response body).
+pub struct TokenExportSlot {
+    counts: Option<(TokenExports, Arc<str>)>,
+}
+
+/// Exports running per token id.
+pub type TokenExports = Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>;
+
+impl TokenExportSlot {
+    /// Claims a slot for the caller's token, or 429 when it runs its limit
+    /// already. Without a token (`--no-auth`) only the global limit applies.
+    pub fn claim(state: &AppState, caller: &Principal) -> Result<Self, ApiError> {
+        let Some(token) = caller.token_id.clone() else {
+            return Ok(Self { counts: None });
+        };
+        let mut counts = state
+            .token_exports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let running = counts.entry(Arc::clone(&token)).or_insert(0);
+        if *running >= state.max_exports_per_token {
+            return Err(ApiError::TooManyRequests);
+        }
+        *running += 1;
+        Ok(Self {
+            counts: Some((Arc::clone(&state.token_exports), token)),
+        })
+    }
+}
+
+impl Drop for TokenExportSlot {
+    fn drop(&mut self) {
+        if let Some((counts, token)) = self.counts.take() {
+            let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(running) = counts.get_mut(&token) {
+                *running -= 1;
+                if *running == 0 {
+                    counts.remove(&token);
+                }
+            }
+        }
+    }
+}

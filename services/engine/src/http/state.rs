@@ -42,6 +42,9 @@ pub struct HttpConfig {
     /// Failed authentications from one address before it is answered 429
     /// (for a minute); after a quarter of them answers are slowed.
     pub auth_failure_limit: u32,
+    /// Exports one token may run at once, beside `max_concurrent_exports`;
+    /// one more is answered 429.
+    pub max_exports_per_token: usize,
 }
 
 impl Default for HttpConfig {
@@ -57,6 +60,7 @@ impl Default for HttpConfig {
             auth: None,
             secure_cookies: false,
             auth_failure_limit: 20,
+            max_exports_per_token: 8,
         }
     }
 }
@@ -75,6 +79,9 @@ pub struct AppState {
     /// Failed authentications per client address (slowed, then 429).
     pub auth_failures: Option<Arc<super::auth::FailureLimiter>>,
     pub secure_cookies: bool,
+    /// Exports running per token id (see [`HttpConfig::max_exports_per_token`]).
+    pub token_exports: super::auth::TokenExports,
+    pub max_exports_per_token: usize,
 }
 
 /// What an import may take: its size and how long its body may stall.
@@ -100,6 +107,8 @@ impl AppState {
                 .as_ref()
                 .map(|_| Arc::new(super::auth::FailureLimiter::new(config.auth_failure_limit))),
             secure_cookies: config.secure_cookies,
+            token_exports: Arc::default(),
+            max_exports_per_token: config.max_exports_per_token.max(1),
         }
     }
 }

@@ -604,6 +604,50 @@ async fn repeated_failures_from_one_address_are_slowed_then_refused() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_token_runs_at_most_its_share_of_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileTokenStore::open(dir.path()).unwrap();
+    let first = make(&store, "export:plant/**").await;
+    let second = make(&store, "export:**").await;
+    let server = AuthServer::start(dir.path(), &["--max-exports-per-token", "1"]).await;
+    // Enough rows that the first download is still open when the next asks.
+    server
+        .store
+        .put("plant/big", (0..300_000).map(|i| (i, i as f64, 192)));
+    let http = client();
+    let url = server.url("/api/v1/export?sensor_id=plant/big&start_ts=0&end_ts=999999");
+    let mut running = http.get(&url).bearer_auth(&first).send().await.unwrap();
+    assert_eq!(running.status(), StatusCode::OK);
+    let _ = running.chunk().await.unwrap();
+    let refused = http.get(&url).bearer_auth(&first).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Another token is not held back by the first.
+    let other = http.get(&url).bearer_auth(&second).send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(other);
+    // The slot is freed when the download ends.
+    while running.chunk().await.unwrap().is_some() {}
+    drop(running);
+    let mut again = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..50 {
+        again = http
+            .get(&url)
+            .bearer_auth(&first)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if again == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, StatusCode::OK);
+    server.stop().await;
+}
+
 fn run(args: &[&str]) -> std::process::Output {
     std::process::Command::new(engine_bin())
         .args(args)
