@@ -99,7 +99,7 @@ function freePort() {
 async function startEngine(dataDir) {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const proc = spawn(ENGINE_BIN, ['serve', '--data-dir', dataDir, '--http-addr', `127.0.0.1:${port}`, '--web-dir', DIST], {
+  const proc = spawn(ENGINE_BIN, ['serve', '--no-auth', '--data-dir', dataDir, '--http-addr', `127.0.0.1:${port}`, '--web-dir', DIST], {
     stdio: ['ignore', 'pipe', 'pipe'],
     // gRPC on a free port too, so a developer's running engine does not collide; no NATS.
     env: Object.fromEntries(Object.entries({ ...process.env, ENGINE_GRPC_ADDR: '127.0.0.1:0' }).filter(([k]) => k !== 'ENGINE_NATS_URL')),

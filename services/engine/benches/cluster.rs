@@ -133,7 +133,7 @@ async fn run_once(engines: usize, messages: usize, run: usize) -> f64 {
             Process(
                 Command::new(env!("CARGO_BIN_EXE_engine"))
                     .current_dir(dir.path())
-                    .args(["serve", "--store", &store, "--nats-url", &url])
+                    .args(["serve", "--no-auth", "--store", &store, "--nats-url", &url])
                     .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
                     .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
                     .args(["--web-dir", "/nonexistent"])

@@ -203,6 +203,12 @@ enum Command {
         #[arg(long, env = "ENGINE_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Create, list and revoke API tokens. Works while `engine serve` runs
+    /// on the same data directory; a revocation applies within a second.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Recover a store whose write-ahead log is damaged (opening it says
     /// so): keeps every intact record, moves each damaged segment to
     /// `wal/damaged/`, and reports what could not be recovered. The store
@@ -211,6 +217,124 @@ enum Command {
         #[command(flatten)]
         data_dir: DataDir,
     },
+}
+
+/// `engine token ...`.
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; its secret is printed once, alone on the last line
+    /// of standard output.
+    Create {
+        #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// A name to recognise it by ("grafana", "alice").
+        #[arg(long)]
+        name: String,
+        /// `admin`, `read:PATTERN`, `export:PATTERN` (implies read) or
+        /// `write:PATTERN`; repeatable. PATTERN: `*` any run without `/`,
+        /// `**` any run, e.g. `export:plant/line-1/*`.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. `90d`, `12h`; default: never expires.
+        #[arg(long, value_parser = crate::model::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// List tokens (tab-separated; never the secret).
+    List {
+        #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token by id; a running server refuses it within a second.
+    Revoke {
+        #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// The token's id (`tok_...`, see `engine token list`).
+        id: String,
+    },
+}
+
+fn format_ms(ms: Option<i64>) -> String {
+    match ms.map(jiff::Timestamp::from_millisecond) {
+        None => "-".into(),
+        Some(Ok(t)) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Some(Err(_)) => "?".into(),
+    }
+}
+
+async fn run_token(command: TokenCommand) -> Result<(), CliError> {
+    use crate::auth::{FileTokenStore, TokenError, TokenStore};
+    let open = |dir: &Path| FileTokenStore::open(dir).map_err(|e| CliError::Usage(e.to_string()));
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match command {
+        TokenCommand::Create {
+            data_dir,
+            name,
+            scopes,
+            expires,
+        } => {
+            let store = open(&data_dir)?;
+            let created = crate::auth::create_token(&store, &name, &scopes, expires)
+                .await
+                .map_err(|e| match e {
+                    TokenError::Invalid(m) => CliError::Usage(m),
+                    TokenError::Store(e) => CliError::Usage(e.to_string()),
+                })?;
+            eprintln!(
+                "created token {} ({}) with scopes {}; expires {}. The secret below is shown \
+                 this once: only its hash is kept.",
+                created.record.id,
+                created.record.name,
+                created.record.scopes.join(" "),
+                format_ms(created.record.expires_ms),
+            );
+            writeln!(out, "{}", created.record.id).map_err(CliError::Output)?;
+            writeln!(out, "{}", created.secret).map_err(CliError::Output)?;
+        }
+        TokenCommand::List { data_dir } => {
+            let store = open(&data_dir)?;
+            let tokens = store
+                .all()
+                .await
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let used = store
+                .last_used()
+                .await
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let now = jiff::Timestamp::now().as_millisecond();
+            writeln!(out, "id\tname\tscopes\tcreated\texpires\tlast_used\tstate")
+                .map_err(CliError::Output)?;
+            for t in tokens {
+                let state = if t.revoked_ms.is_some() {
+                    "revoked"
+                } else if t.expires_ms.is_some_and(|at| now >= at) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{state}",
+                    t.id,
+                    t.name,
+                    t.scopes.join(","),
+                    format_ms(Some(t.created_ms)),
+                    format_ms(t.expires_ms),
+                    format_ms(used.get(&t.id).copied()),
+                )
+                .map_err(CliError::Output)?;
+            }
+        }
+        TokenCommand::Revoke { data_dir, id } => {
+            let store = open(&data_dir)?;
+            let now = jiff::Timestamp::now().as_millisecond();
+            let record = store
+                .revoke(&id, now)
+                .await
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            eprintln!("revoked {} ({})", record.id, record.name);
+        }
+    }
+    out.flush().map_err(CliError::Output)
 }
 
 /// Errors of a CLI command, printed as `error: ...`.
@@ -393,10 +517,12 @@ async fn open_embedded_with(
 
 async fn execute(command: Command) -> Result<(), CliError> {
     match command {
+        Command::Token { command } => run_token(command).await,
         Command::Serve {
             data_dir,
             mut config,
         } => {
+            config.data_dir = Some(data_dir.data_dir.clone());
             config.shared_store = data_dir.store.is_some();
             let store: SharedStorage = match &data_dir.store {
                 None => open_embedded_with(&data_dir.data_dir, config.embedded_options()).await?,

@@ -12,9 +12,13 @@ use std::time::Duration;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
+use std::sync::Arc;
+
+use crate::auth::{Action, Authenticator, Principal, Unauthorized};
 use crate::live::{LiveHub, LiveUpdate};
 use crate::model::{Point, PointBatch, Sample, SensorId, TimeRange, check_timestamp};
 use crate::storage::{SharedStorage, StorageError, StoreHealth};
@@ -59,14 +63,68 @@ impl Drop for AbortOnDrop {
 pub struct GrpcService {
     storage: SharedStorage,
     hub: LiveHub,
+    /// Whether calls must carry a [`Principal`] (set by [`interceptor`]);
+    /// without one they are refused. Off: everyone may do everything.
+    auth: bool,
 }
 
 impl GrpcService {
     /// `storage` should be the [`crate::live::LiveStorage`] whose hub is
     /// `hub`, so that writes made here reach subscribers too.
     pub fn new(storage: SharedStorage, hub: LiveHub) -> Self {
-        Self { storage, hub }
+        Self {
+            storage,
+            hub,
+            auth: false,
+        }
     }
+
+    /// Who is calling: the interceptor's [`Principal`]; with auth off,
+    /// everyone.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        match request.extensions().get::<Principal>() {
+            Some(principal) => Ok(principal.clone()),
+            None if !self.auth => Ok(Principal::unrestricted()),
+            None => Err(Status::unauthenticated("no credentials")),
+        }
+    }
+}
+
+/// Checks `authorization: Bearer SECRET` of every call and attaches the
+/// [`Principal`]; refuses with `UNAUTHENTICATED` (the reason, never the
+/// secret). The health service is served without it.
+pub fn interceptor(
+    auth: Option<Arc<Authenticator>>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let Some(auth) = &auth else {
+            request.extensions_mut().insert(Principal::unrestricted());
+            return Ok(request);
+        };
+        let result = match request.metadata().get("authorization") {
+            None => Err(Unauthorized::Missing),
+            Some(value) => match value.to_str().ok().and_then(|v| v.split_once(' ')) {
+                Some((scheme, secret)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    auth.authenticate(secret.trim())
+                }
+                _ => Err(Unauthorized::Malformed),
+            },
+        };
+        request.metadata_mut().remove("authorization");
+        match result {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+                Ok(request)
+            }
+            Err(reason) => Err(Status::unauthenticated(format!(
+                "{reason}: send metadata authorization: Bearer TOKEN"
+            ))),
+        }
+    }
+}
+
+fn sensor_not_found(sensor_id: &SensorId) -> Status {
+    Status::not_found(format!("sensor {sensor_id:?} not found"))
 }
 
 /// Maps a storage failure to a gRPC status: the only such mapping.
@@ -185,6 +243,7 @@ impl SensorEngine for GrpcService {
         &self,
         request: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
+        let caller = self.caller(&request)?;
         let mut requests = request.into_inner();
         // Pipelined: a reader task decodes and validates the next requests
         // while the store writes the previous ones, and requests that queued
@@ -193,7 +252,20 @@ impl SensorEngine for GrpcService {
         let reader = AbortOnDrop(tokio::spawn(async move {
             loop {
                 let item = match requests.message().await {
-                    Ok(Some(message)) => samples_from_proto(message.points),
+                    Ok(Some(message)) => samples_from_proto(message.points).and_then(|samples| {
+                        // The whole request is refused if one point is not
+                        // the caller's to write.
+                        match samples
+                            .iter()
+                            .find(|s| !caller.allows(Action::Write, s.sensor_id.as_str()))
+                        {
+                            Some(s) => Err(Status::permission_denied(format!(
+                                "this token may not write sensor {:?}",
+                                s.sensor_id.as_str()
+                            ))),
+                            None => Ok(samples),
+                        }
+                    }),
                     Ok(None) => return,
                     Err(status) => Err(status),
                 };
@@ -237,8 +309,12 @@ impl SensorEngine for GrpcService {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<Self::ScanStream>, Status> {
+        let caller = self.caller(&request)?;
         let request = request.into_inner();
         let sensor_id = parse_sensor_id(&request.sensor_id)?;
+        if !caller.sees(sensor_id.as_str()) {
+            return Err(sensor_not_found(&sensor_id));
+        }
         let start = request.start_ms.unwrap_or(i64::MIN);
         let end = request.end_ms.unwrap_or(i64::MAX);
         let range = TimeRange::new(start, end).ok_or_else(|| {
@@ -251,7 +327,7 @@ impl SensorEngine for GrpcService {
             .map_err(status_from)?
             .is_none()
         {
-            return Err(Status::not_found(format!("sensor {sensor_id:?} not found")));
+            return Err(sensor_not_found(&sensor_id));
         }
         let responses = self
             .storage
@@ -269,12 +345,14 @@ impl SensorEngine for GrpcService {
 
     async fn list_sensors(
         &self,
-        _request: Request<pb::ListSensorsRequest>,
+        request: Request<pb::ListSensorsRequest>,
     ) -> Result<Response<pb::ListSensorsResponse>, Status> {
+        let caller = self.caller(&request)?;
         let sensors = self.storage.sensors().await.map_err(status_from)?;
         Ok(Response::new(pb::ListSensorsResponse {
             sensors: sensors
                 .into_iter()
+                .filter(|info| caller.sees(info.sensor_id.as_str()))
                 .map(|info| pb::SensorInfo {
                     sensor_id: info.sensor_id.to_string(),
                     count: info.count,
@@ -291,7 +369,11 @@ impl SensorEngine for GrpcService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = self.caller(&request)?;
         let sensor_id = parse_sensor_id(&request.into_inner().sensor_id)?;
+        if !caller.sees(sensor_id.as_str()) {
+            return Err(sensor_not_found(&sensor_id));
+        }
         let updates = self
             .hub
             .subscribe(&sensor_id)
@@ -323,6 +405,18 @@ pub async fn serve(
     listener: TcpListener,
     storage: SharedStorage,
     hub: LiveHub,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    serve_with_auth(listener, storage, hub, None, shutdown).await
+}
+
+/// [`serve`] with every call but health checked against `auth` (`None`:
+/// `--no-auth`, everyone may do everything).
+pub async fn serve_with_auth(
+    listener: TcpListener,
+    storage: SharedStorage,
+    hub: LiveHub,
+    auth: Option<Arc<Authenticator>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -366,8 +460,13 @@ pub async fn serve(
             }
         })
     };
-    let service = SensorEngineServer::new(GrpcService::new(storage, hub.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let mut engine = GrpcService::new(storage, hub.clone());
+    engine.auth = auth.is_some();
+    let service = SensorEngineServer::new(engine).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Reflection describes the API, not data; still only for token holders
+    // when auth is on. Health stays open for probes.
+    let reflection = reflection.map(|r| InterceptedService::new(r, interceptor(auth.clone())));
+    let service = InterceptedService::new(service, interceptor(auth));
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         shutdown.await;
         follow_store.abort();

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{Method, Uri};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -38,6 +38,7 @@ use tracing::Level;
 use crate::storage::SharedStorage;
 
 mod admin;
+pub mod auth;
 pub mod error;
 mod export;
 mod health;
@@ -48,6 +49,7 @@ mod sensors;
 /// `pub(crate)` for the fuzz entry points ([`crate::fuzzing`]).
 pub(crate) mod series;
 pub mod state;
+mod tokens;
 mod web;
 
 pub use error::ApiError;
@@ -55,6 +57,110 @@ pub use state::{AppState, HttpConfig};
 
 /// The default HTTP address: all interfaces, port 8080 (gRPC keeps 50051).
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+/// One route and who may call it: the decision every route must make. The
+/// router is built from this list ([`api_routes`]) and the auth matrix test
+/// walks it, so a route cannot be added without one.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub method: Method,
+    /// The full path as routed, with `{param}` placeholders.
+    pub path: &'static str,
+    pub access: auth::Access,
+}
+
+const fn spec(method: Method, path: &'static str, access: auth::Access) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+    }
+}
+
+/// The API routes under `/api/v1`, each with its access decision.
+fn api_routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use crate::auth::Action::{Export, Read, Write};
+    use auth::Access::{Admin, Authenticated, Open, Sensors};
+    vec![
+        (
+            spec(Method::GET, "/api/v1/export", Sensors(Export)),
+            get(export::export),
+        ),
+        (
+            spec(Method::GET, "/api/v1/export/summary", Sensors(Export)),
+            get(export::summary),
+        ),
+        (
+            spec(Method::POST, "/api/v1/import", Sensors(Write)),
+            post(import::import),
+        ),
+        (
+            spec(Method::GET, "/api/v1/series", Sensors(Read)),
+            get(series::series),
+        ),
+        (
+            spec(Method::GET, "/api/v1/sensors", Sensors(Read)),
+            get(sensors::list),
+        ),
+        (
+            spec(Method::GET, "/api/v1/sensors/{id}", Sensors(Read)),
+            get(sensors::get),
+        ),
+        (
+            spec(Method::GET, "/api/v1/openapi.json", Authenticated),
+            get(openapi::openapi),
+        ),
+        (
+            spec(Method::GET, "/api/v1/admin/backup", Admin),
+            get(admin::backup),
+        ),
+        (
+            spec(Method::GET, "/api/v1/tokens", Admin),
+            get(tokens::list),
+        ),
+        (
+            spec(Method::POST, "/api/v1/tokens", Admin),
+            post(tokens::create),
+        ),
+        (
+            spec(Method::DELETE, "/api/v1/tokens/{id}", Admin),
+            delete(tokens::revoke),
+        ),
+        (
+            spec(Method::POST, "/api/v1/session", Open),
+            post(auth::sign_in),
+        ),
+        (
+            spec(Method::GET, "/api/v1/session", Authenticated),
+            get(auth::whoami),
+        ),
+        (
+            spec(Method::DELETE, "/api/v1/session", Authenticated),
+            delete(auth::sign_out),
+        ),
+    ]
+}
+
+/// Every route `engine serve` answers, with its access decision: the API,
+/// the probes and the live view's SSE (served beside the router by
+/// [`serve_api`]).
+pub fn route_specs() -> Vec<RouteSpec> {
+    use auth::Access::{Open, Sensors};
+    let mut specs = vec![
+        spec(Method::GET, "/healthz", Open),
+        spec(Method::GET, "/readyz", Open),
+        // Counts and durations only, never a sensor id (see crate::metrics):
+        // open like the probes, so Prometheus scrapes it without a secret.
+        spec(Method::GET, "/metrics", Open),
+        spec(
+            Method::GET,
+            crate::live::LIVE_PATH,
+            Sensors(crate::auth::Action::Read),
+        ),
+    ];
+    specs.extend(api_routes().into_iter().map(|(spec, _)| spec));
+    specs
+}
 
 /// Where the dashboard at `/` comes from.
 #[derive(Debug, Clone, Copy)]
@@ -68,14 +174,21 @@ pub enum Dashboard<'a> {
     Embedded,
 }
 
-/// Every route: `/healthz`, `/readyz`, the API under `/api/v1`, then the
-/// dashboard from `web_dir` (none without it).
+/// Every route: `/healthz`, `/readyz`, `/metrics`, the API under `/api/v1`,
+/// then the dashboard from `web_dir` (none without it); all behind the
+/// authentication middleware.
 pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
-    router_with(state, web_dir.map_or(Dashboard::None, Dashboard::Dir))
+    router_with(
+        state,
+        web_dir.map_or(Dashboard::None, Dashboard::Dir),
+        Router::new(),
+    )
 }
 
-/// [`router`] with the dashboard from anywhere, the embedded one included.
-pub fn router_with(state: AppState, dashboard: Dashboard<'_>) -> Router {
+/// [`router`] with the dashboard from anywhere, the embedded one included,
+/// and `extra` routes (the live view's SSE) merged in before the
+/// authentication middleware, so they are guarded like the rest.
+pub fn router_with(state: AppState, dashboard: Dashboard<'_>, extra: Router) -> Router {
     // Compression (gzip, zstd) at the fastest level for the JSON answers.
     // Not for exports: they compress inside their parallel encoders (and
     // set Content-Encoding, which this layer leaves alone), or are
@@ -100,23 +213,19 @@ pub fn router_with(state: AppState, dashboard: Dashboard<'_>) -> Router {
                 .and(not_exports)
                 .and(NotForContentType::const_new(admin::BACKUP_CONTENT_TYPE)),
         );
-    let api = Router::new()
-        .route("/export", get(export::export))
-        .route("/export/summary", get(export::summary))
-        .route("/import", post(import::import))
-        .route("/series", get(series::series))
-        .route("/sensors", get(sensors::list))
-        .route("/sensors/{id}", get(sensors::get))
-        .route("/openapi.json", get(openapi::openapi))
-        .route("/admin/backup", get(admin::backup))
+    let mut api = Router::new();
+    for (spec, handler) in api_routes() {
+        let path = spec.path.strip_prefix("/api/v1").unwrap_or(spec.path);
+        api = api.route(path, handler);
+    }
+    let api = api
         .fallback(api_not_found)
         .method_not_allowed_fallback(api_method_not_allowed)
         .layer(compress);
     let mut app = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        // Operations: Prometheus scrapes it. Unauthenticated like the
-        // probes for now; whether it needs a token is decided here.
+        // Prometheus scrapes it; open (see route_specs).
         .route("/metrics", get(crate::metrics::render))
         .nest("/api/v1", api);
     match dashboard {
@@ -135,12 +244,17 @@ pub fn router_with(state: AppState, dashboard: Dashboard<'_>) -> Router {
     // One span per request (method, path, version) and one line per
     // response (status, latency to the headers); exports add their own line
     // when the body ends.
-    app.layer(
-        TraceLayer::new_for_http()
-            .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-            .on_response(DefaultOnResponse::new().level(Level::INFO)),
-    )
-    .with_state(state)
+    app.with_state(state.clone())
+        .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::authenticate,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
 }
 
 async fn api_not_found(uri: Uri) -> ApiError {
@@ -178,8 +292,7 @@ pub async fn serve_api(
         tracing::warn!("this binary was built without the dashboard; / says how to build it");
     }
     crate::metrics::install();
-    let app = router_with(AppState::new(storage, config), dashboard)
-        .merge(extra_routes)
+    let app = router_with(AppState::new(storage, config), dashboard, extra_routes)
         // Last, so every route (the live view's too) and the fallback are
         // counted, each under its route template.
         .layer(axum::middleware::from_fn(crate::metrics::track_http));
@@ -223,9 +336,20 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // The client's address, for the failed-authentication limit
+                // and the audit trail.
+                let service = tower::ServiceExt::map_request(
+                    app.clone(),
+                    move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        request
+                    },
+                );
                 let connection = builder.serve_connection(
                     TokioIo::new(stream),
-                    TowerToHyperService::new(app.clone()),
+                    TowerToHyperService::new(service),
                 );
                 let connection = graceful.watch(connection);
                 connections.spawn(async move {

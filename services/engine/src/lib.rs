@@ -29,10 +29,13 @@
 //! - [`config`]: `engine serve --config FILE` and `--print-config`,
 //!   generic over the command line's definition.
 //! - [`logging`]: `--log-format text|json` on standard error.
+//! - [`auth`]: tokens (hash only), scopes over sensor patterns, browser
+//!   sessions: the one check HTTP, SSE and gRPC make.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 //! - `fuzzing` (hidden): the decoders' entry points for the fuzz targets in
 //!   `fuzz/`.
 
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

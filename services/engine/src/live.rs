@@ -416,22 +416,37 @@ struct PointsEvent<'a> {
 ///
 /// Errors answer `{"error": "invalid_parameter", "message": ...}` with 400,
 /// the shape the rest of the API uses.
+/// The live view's route.
+pub const LIVE_PATH: &str = "/api/v1/live";
+
 pub fn routes<S>(hub: LiveHub) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     Router::new().route(
-        "/api/v1/live",
-        get(move |query: Result<Query<LiveQuery>, _>| live_events(hub.clone(), query)),
+        LIVE_PATH,
+        get(
+            move |caller: Option<axum::Extension<crate::auth::Principal>>,
+                  query: Result<Query<LiveQuery>, _>| {
+                live_events(hub.clone(), caller.map(|c| c.0), query)
+            },
+        ),
     )
 }
 
+/// `caller` is set by the HTTP router's authentication middleware, which
+/// `engine serve` always puts in front of this route; only a router
+/// assembled by hand (the tests of the live view) comes without one.
 async fn live_events(
     hub: LiveHub,
+    caller: Option<crate::auth::Principal>,
     query: Result<Query<LiveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let sensor_id = params::sensor_id(query.sensor_id.as_deref())?;
+    if caller.is_some_and(|caller| !caller.sees(sensor_id.as_str())) {
+        return Err(ApiError::SensorNotFound(sensor_id));
+    }
     let subscription = hub.subscribe(&sensor_id);
     let events = stream::once(async { Ok(Event::default().comment("following")) }).chain(
         subscription

@@ -142,6 +142,24 @@ pub struct ServeConfig {
     /// Print the effective configuration (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Serve without authentication: anyone who can connect may read,
+    /// export and write everything. Refused unless every listener is on a
+    /// loopback address.
+    #[arg(long, env = "ENGINE_NO_AUTH")]
+    pub no_auth: bool,
+    /// The data directory: where the tokens (`auth/`) live. Set by the
+    /// command line from `--data-dir`, not a flag of its own.
+    #[arg(skip)]
+    pub data_dir: Option<PathBuf>,
+    /// Failed authentications from one client address before it is
+    /// answered 429 for a minute; after a quarter of them, each answer is
+    /// slowed down.
+    #[arg(long, env = "ENGINE_AUTH_FAILURE_LIMIT", default_value_t = 20)]
+    pub auth_failure_limit: u32,
+    /// Exports one token may run at once (beside the global limit of 64);
+    /// one more is answered 429.
+    #[arg(long, env = "ENGINE_MAX_EXPORTS_PER_TOKEN", default_value_t = 8)]
+    pub max_exports_per_token: usize,
 }
 
 impl ServeConfig {
@@ -187,6 +205,10 @@ pub enum ServeError {
     },
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokenStoreError),
 }
 
 /// Serves until `shutdown` completes, then stops accepting and drains.
@@ -195,6 +217,7 @@ pub async fn run(
     storage: SharedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let auth = open_auth(&config).await?;
     let listener = bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
     let grpc_listener = bind(config.grpc_addr).await?;
@@ -239,10 +262,14 @@ pub async fn run(
         }
     });
 
-    let grpc = tokio::spawn(grpc::serve(
+    if let Some(auth) = &auth {
+        tokio::spawn(Arc::clone(auth).watch(signal.clone().wait()));
+    }
+    let grpc = tokio::spawn(grpc::serve_with_auth(
         grpc_listener,
         storage.clone(),
         hub.clone(),
+        auth.clone(),
         signal.clone().wait(),
     ));
     let ingest_stats = Arc::new(IngestStats::default());
@@ -273,6 +300,10 @@ pub async fn run(
         import_max_bytes: config.import_max_bytes,
         import_idle_timeout: Duration::from_secs(config.import_idle_timeout),
         readiness: nats_readiness(&config, &ingest_stats),
+        auth: auth.clone(),
+        auth_failure_limit: config.auth_failure_limit,
+        max_exports_per_token: config.max_exports_per_token,
+        ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(
         listener,
@@ -328,6 +359,54 @@ fn nats_readiness(
             }
         }),
     }]
+}
+
+/// The tokens requests are checked against, or `None` with `--no-auth`
+/// (refused unless every listener is on loopback). On the first start of a
+/// data directory without tokens, creates an admin token and writes it to
+/// `auth/admin-token` (owner-only): the secret never goes to the log.
+async fn open_auth(
+    config: &ServeConfig,
+) -> Result<Option<Arc<crate::auth::Authenticator>>, ServeError> {
+    use crate::auth::{Authenticator, FileTokenStore, TokenStore};
+    if config.no_auth {
+        let exposed: Vec<String> = [config.http_addr, config.grpc_addr]
+            .iter()
+            .filter(|addr| !addr.ip().is_loopback())
+            .map(ToString::to_string)
+            .collect();
+        if !exposed.is_empty() {
+            return Err(ServeError::Config(format!(
+                "--no-auth is refused: {} not a loopback address; anyone on the network \
+                 could read, export and overwrite every sensor. Listen on 127.0.0.1 or \
+                 use tokens (engine token create)",
+                exposed.join(" and ")
+            )));
+        }
+        tracing::warn!("authentication is off (--no-auth): loopback listeners only");
+        return Ok(None);
+    }
+    let dir = config.data_dir.clone().ok_or_else(|| {
+        ServeError::Config("authentication needs a data directory for its tokens".into())
+    })?;
+    let store: Arc<dyn TokenStore> = Arc::new(FileTokenStore::open(&dir)?);
+    let auth = Authenticator::load(Arc::clone(&store)).await?;
+    if auth.is_empty() {
+        let created =
+            crate::auth::create_token(&*store, "admin (first start)", &["admin".into()], None)
+                .await
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+        let path = dir.join("auth").join("admin-token");
+        crate::auth::store::write_atomically(&path, format!("{}\n", created.secret).as_bytes())?;
+        auth.refresh().await?;
+        tracing::info!(
+            token = %created.record.id,
+            file = %path.display(),
+            "first start: created an admin token; its secret is in the file (owner-only)"
+        );
+    }
+    tracing::info!(tokens = auth.len(), "authentication on");
+    Ok(Some(auth))
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {

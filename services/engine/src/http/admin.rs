@@ -14,7 +14,10 @@ pub const BACKUP_CONTENT_TYPE: &str = "application/zstd";
 /// A consistent backup of the running store, streamed as it is written;
 /// writes go on meanwhile. A failure mid-stream aborts the connection, so a
 /// cut-short backup never looks complete.
-pub async fn backup(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn backup(
+    State(state): State<AppState>,
+    _: super::auth::Caller,
+) -> Result<Response, ApiError> {
     let stream = state.storage.backup()?;
     let name = format!(
         "attachment; filename=\"engine-backup-{}.tar.zst\"",

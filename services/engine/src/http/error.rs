@@ -48,6 +48,19 @@ pub enum ApiError {
     /// instead of queueing without bound.
     #[error("too many exports are running; retry in {RETRY_AFTER_SECONDS} s")]
     TooManyRequests,
+    /// Missing, malformed, unknown, expired or revoked credentials: 401
+    /// with `WWW-Authenticate: Bearer`.
+    #[error("{0}: send Authorization: Bearer TOKEN or sign in")]
+    Unauthorized(crate::auth::Unauthorized),
+    /// Valid credentials without the right scope: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed sign-ins or token checks from one address: 429.
+    #[error("too many failed authentications from this address; retry later")]
+    TooManyFailures,
+    /// A named token does not exist: 404.
+    #[error("no token with id {0:?}")]
+    TokenNotFound(String),
     /// The store failed. Rejected input is the client's fault (400); anything
     /// else is logged here once and answered as a generic 500.
     #[error(transparent)]
@@ -95,6 +108,10 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::TooManyFailures => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found"),
             ApiError::Storage(StorageError::InvalidInput(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_input")
             }
@@ -130,7 +147,13 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if matches!(self, ApiError::TooManyRequests) {
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"engine\""),
+            );
+        }
+        if matches!(self, ApiError::TooManyRequests | ApiError::TooManyFailures) {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),

@@ -32,11 +32,15 @@ fn now_ms() -> i64 {
 /// The export handler.
 pub async fn export(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     headers: HeaderMap,
     query: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query?;
     let request = ExportRequest::from_pairs(&pairs, now_ms())?;
+    caller.export(&request.sensors)?;
+    // Per token, beside the global limit: one token cannot take every slot.
+    let token_slot = super::auth::TokenExportSlot::claim(&state, &caller.0)?;
     let permit = Arc::clone(&state.export_permits)
         .try_acquire_owned()
         .map_err(|_| ApiError::TooManyRequests)?;
@@ -73,7 +77,14 @@ pub async fn export(
             (header::CONTENT_DISPOSITION, disposition),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        Body::from_stream(hold(started.body, permit)),
+        Body::from_stream(futures_util::StreamExt::map(
+            hold(started.body, permit),
+            move |chunk| {
+                // The token's slot is freed with the body, like the permit.
+                let _slot = &token_slot;
+                chunk
+            },
+        )),
     )
         .into_response();
     let response_headers = response.headers_mut();
@@ -92,10 +103,12 @@ pub async fn export(
 /// The summary handler: the same parameters, answered as JSON.
 pub async fn summary(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     query: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Json<ExportSummary>, ApiError> {
     let Query(pairs) = query?;
     let request = ExportRequest::from_pairs(&pairs, now_ms())?;
+    caller.export(&request.sensors)?;
     Ok(Json(summarize(&state.storage, &request).await?))
 }
 

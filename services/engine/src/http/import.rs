@@ -36,11 +36,13 @@ pub struct ImportResult {
 
 pub async fn import(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Body,
 ) -> Result<Json<ImportResult>, ApiError> {
     let Query(query) = query?;
     let sensor_id = params::sensor_id(query.get("sensor_id").map(String::as_str))?;
+    caller.write(&sensor_id)?;
 
     // The CSV reader is synchronous (the csv crate): it reads the body
     // through a bridge on a blocking thread, a couple of batches ahead.

@@ -79,8 +79,15 @@ fn export_params(ts: &str) -> Value {
     ])
 }
 
-/// The document itself.
+/// The document itself, with the bearer scheme and the 401/403 answers of
+/// every guarded route (see [`super::auth::document_security`]).
 pub fn document() -> Value {
+    let mut document = routes_document();
+    super::auth::document_security(&mut document);
+    document
+}
+
+fn routes_document() -> Value {
     let ts = "Epoch milliseconds or RFC 3339; the range is [start_ts, end_ts).";
     json!({
       "openapi": "3.1.0",

@@ -35,19 +35,29 @@ pub struct SensorList {
     pub sensors: Vec<SensorJson>,
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<SensorList>, ApiError> {
+/// Only the sensors the caller may read: the others do not exist for it.
+pub async fn list(
+    State(state): State<AppState>,
+    super::auth::Caller(caller): super::auth::Caller,
+) -> Result<Json<SensorList>, ApiError> {
     let sensors = state.storage.sensors().await?;
     Ok(Json(SensorList {
-        sensors: sensors.into_iter().map(SensorJson::from).collect(),
+        sensors: sensors
+            .into_iter()
+            .filter(|info| caller.sees(info.sensor_id.as_str()))
+            .map(SensorJson::from)
+            .collect(),
     }))
 }
 
 pub async fn get(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SensorJson>, ApiError> {
     let id =
         SensorId::new(&id).map_err(|e| ApiError::InvalidParameter(format!("sensor id: {e}")))?;
+    caller.read(&id)?;
     match state.storage.sensor(&id).await? {
         Some(info) => Ok(Json(info.into())),
         None => Err(ApiError::SensorNotFound(id)),

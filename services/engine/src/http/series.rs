@@ -89,6 +89,7 @@ impl SeriesParams {
 /// point and one past its last), `max_points` (default 1000, capped at 10000).
 pub async fn series(
     State(state): State<AppState>,
+    caller: super::auth::Caller,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Series>, ApiError> {
     let Query(query) = query?;
@@ -98,6 +99,7 @@ pub async fn series(
         end,
         max_points,
     } = SeriesParams::parse(&query)?;
+    caller.read(&sensor_id)?;
     let Some(info) = state.storage.sensor(&sensor_id).await? else {
         return Err(ApiError::SensorNotFound(sensor_id));
     };

@@ -37,6 +37,17 @@ pub struct HttpConfig {
     pub import_idle_timeout: Duration,
     /// What `/readyz` checks besides the store (NATS, when ingesting).
     pub readiness: Vec<ReadinessProbe>,
+    /// The tokens requests are checked against; `None` serves everyone
+    /// (`--no-auth`, and the tests that are not about auth).
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Whether session cookies get `Secure` (served over TLS).
+    pub secure_cookies: bool,
+    /// Failed authentications from one address before it is answered 429
+    /// (for a minute); after a quarter of them answers are slowed.
+    pub auth_failure_limit: u32,
+    /// Exports one token may run at once, beside `max_concurrent_exports`;
+    /// one more is answered 429.
+    pub max_exports_per_token: usize,
 }
 
 /// One more dependency `/readyz` checks, by name (`"nats"`): `Ok` when it
@@ -66,6 +77,10 @@ impl Default for HttpConfig {
             import_max_bytes: 16 << 30,
             import_idle_timeout: Duration::from_secs(30),
             readiness: Vec::new(),
+            auth: None,
+            secure_cookies: false,
+            auth_failure_limit: 20,
+            max_exports_per_token: 8,
         }
     }
 }
@@ -81,6 +96,14 @@ pub struct AppState {
     pub import_limits: ImportLimits,
     /// What `/readyz` checks besides the store.
     pub readiness: Arc<[ReadinessProbe]>,
+    /// See [`HttpConfig::auth`].
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Failed authentications per client address (slowed, then 429).
+    pub auth_failures: Option<Arc<super::auth::FailureLimiter>>,
+    pub secure_cookies: bool,
+    /// Exports running per token id (see [`HttpConfig::max_exports_per_token`]).
+    pub token_exports: super::auth::TokenExports,
+    pub max_exports_per_token: usize,
 }
 
 /// What an import may take: its size and how long its body may stall.
@@ -101,6 +124,14 @@ impl AppState {
                 idle_timeout: config.import_idle_timeout,
             },
             readiness: config.readiness.clone().into(),
+            auth: config.auth.clone(),
+            auth_failures: config
+                .auth
+                .as_ref()
+                .map(|_| Arc::new(super::auth::FailureLimiter::new(config.auth_failure_limit))),
+            secure_cookies: config.secure_cookies,
+            token_exports: Arc::default(),
+            max_exports_per_token: config.max_exports_per_token.max(1),
         }
     }
 }

@@ -39,6 +39,8 @@ pub fn start_engine(
     let child = Command::new(env!("CARGO_BIN_EXE_engine"))
         .current_dir(&dir)
         .arg("serve")
+        // Loopback only: the tests of tokens are in auth.rs.
+        .arg("--no-auth")
         .args(["--store", store])
         .args(["--nats-url", nats_urls])
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])

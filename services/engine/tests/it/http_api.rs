@@ -475,6 +475,8 @@ async fn engine_serve_on_sigterm_finishes_running_exports_then_exits() {
     let (http, grpc) = (free_port(), free_port());
     let mut server = std::process::Command::new(bin)
         .arg("serve")
+        // Not a test of auth (tests/it/auth.rs is).
+        .arg("--no-auth")
         .arg("--data-dir")
         .arg(&data)
         .arg("--http-addr")

@@ -120,6 +120,8 @@ impl Engine {
             let grpc_port = free_port();
             let child = Command::new(env!("CARGO_BIN_EXE_engine"))
                 .arg("serve")
+                // Auth off: these tests are about ingestion (auth has its own).
+                .arg("--no-auth")
                 .arg("--data-dir")
                 .arg(data_dir)
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])

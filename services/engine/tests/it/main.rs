@@ -40,3 +40,6 @@ mod netfault;
 mod binary;
 mod config;
 mod metrics;
+
+// Security (issue 9): tokens, scopes, sessions.
+mod auth;
