@@ -45,3 +45,4 @@ pub mod retention;
 pub mod server;
 pub mod storage;
 pub mod store_copy;
+pub mod tls;

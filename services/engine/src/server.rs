@@ -91,6 +91,24 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub retention: Vec<crate::retention::RetentionRule>,
+    /// PEM certificate chain (leaf first) to serve HTTP and gRPC over TLS
+    /// with; needs `--tls-key`. Without both, both listeners speak plaintext
+    /// (fine on loopback or behind a TLS-terminating proxy).
+    #[arg(
+        long,
+        env = "ENGINE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(
+        long,
+        env = "ENGINE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// How often retention runs, e.g. `10m`.
     #[arg(long, env = "ENGINE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::model::parse_duration)]
     pub retention_interval: Duration,
@@ -104,6 +122,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -114,8 +134,18 @@ pub async fn run(
     storage: SharedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // A bad certificate or key stops the start before anything listens.
+    let tls = crate::tls::TlsMaterial::from_options(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
     let listener = bind(config.http_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        url = %format!("{scheme}://{}", listener.local_addr()?),
+        "HTTP listening"
+    );
     let grpc_listener = bind(config.grpc_addr).await?;
 
     // One signal fanned out to every component. The hub closes first so
@@ -169,12 +199,15 @@ pub async fn run(
         }
     });
 
-    let grpc = tokio::spawn(grpc::serve(
-        grpc_listener,
-        storage.clone(),
-        hub.clone(),
-        signal.clone().wait(),
-    ));
+    let grpc = tokio::spawn({
+        let (storage, hub, tls, stopped) = (
+            storage.clone(),
+            hub.clone(),
+            tls.clone(),
+            signal.clone().wait(),
+        );
+        async move { grpc::serve_with_tls(grpc_listener, storage, hub, tls.as_ref(), stopped).await }
+    });
     let ingest_stats = Arc::new(IngestStats::default());
     let nats = nats_config.map(|nats_config| {
         tokio::spawn(ingest::nats::run(
@@ -199,6 +232,7 @@ pub async fn run(
         import_max_bytes: config.import_max_bytes,
         import_idle_timeout: Duration::from_secs(config.import_idle_timeout),
         readiness: nats_readiness(&config, &ingest_stats),
+        tls_config: tls.as_ref().map(|tls| Arc::clone(&tls.http)),
         ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(

@@ -36,6 +36,17 @@ pub struct HttpConfig {
     pub import_idle_timeout: Duration,
     /// What `/readyz` checks besides the store (NATS, when ingesting).
     pub readiness: Vec<ReadinessProbe>,
+    /// TLS of every connection (`--tls-cert`/`--tls-key`); `None` serves
+    /// plain HTTP. See [`HttpConfig::tls`].
+    pub tls_config: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+impl HttpConfig {
+    /// Whether the server speaks HTTPS only. When it does, session cookies
+    /// must be set `Secure`, so a browser never sends them over plain HTTP.
+    pub fn tls(&self) -> bool {
+        self.tls_config.is_some()
+    }
 }
 
 /// One more dependency `/readyz` checks, by name (`"nats"`): `Ok` when it
@@ -65,6 +76,7 @@ impl Default for HttpConfig {
             import_max_bytes: 16 << 30,
             import_idle_timeout: Duration::from_secs(30),
             readiness: Vec::new(),
+            tls_config: None,
         }
     }
 }
@@ -80,6 +92,9 @@ pub struct AppState {
     pub import_limits: ImportLimits,
     /// What `/readyz` checks besides the store.
     pub readiness: Arc<[ReadinessProbe]>,
+    /// The server speaks HTTPS only (`--tls-cert`): session cookies must
+    /// then be set `Secure`, so a browser never sends them over plain HTTP.
+    pub tls: bool,
 }
 
 /// What an import may take: its size and how long its body may stall.
@@ -100,6 +115,7 @@ impl AppState {
                 idle_timeout: config.import_idle_timeout,
             },
             readiness: config.readiness.clone().into(),
+            tls: config.tls(),
         }
     }
 }
