@@ -407,16 +407,19 @@ pub async fn serve(
     hub: LiveHub,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with_auth(listener, storage, hub, None, shutdown).await
+    serve_with(listener, storage, hub, None, None, shutdown).await
 }
 
 /// [`serve`] with every call but health checked against `auth` (`None`:
-/// `--no-auth`, everyone may do everything).
-pub async fn serve_with_auth(
+/// `--no-auth`, everyone may do everything), over TLS when `tls` is given
+/// (`--tls-cert`/`--tls-key`: tonic's own rustls server, so every
+/// connection must then be TLS and a plaintext client fails).
+pub async fn serve_with(
     listener: TcpListener,
     storage: SharedStorage,
     hub: LiveHub,
     auth: Option<Arc<Authenticator>>,
+    tls: Option<&crate::tls::TlsMaterial>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -475,12 +478,18 @@ pub async fn serve_with_auth(
             .await;
         hub.close();
     });
-    tracing::info!(addr = ?listener.local_addr().ok(), "gRPC listening");
+    tracing::info!(addr = ?listener.local_addr().ok(), tls = tls.is_some(), "gRPC listening");
     // Without nodelay, Nagle's algorithm holds small Subscribe messages
     // back for tens of milliseconds (the builder's own nodelay setting only
     // applies to sockets it binds itself).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        ))?;
+    }
+    builder
         // Finds dead peers of long Subscribe streams.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)

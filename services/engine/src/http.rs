@@ -304,7 +304,9 @@ pub async fn serve_api(
 /// is left and returns.
 ///
 /// Uses hyper's HTTP/1.1 connection builder directly (not `axum::serve`) for
-/// the header-read timeout, which needs a timer.
+/// the header-read timeout, which needs a timer. With `config.tls_config`
+/// every accepted connection is TLS (a plain HTTP request fails its
+/// handshake); the handshake shares the header-read timeout.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -316,6 +318,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
     let graceful = GracefulShutdown::new();
+    let tls = config
+        .tls_config
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
     // Connection tasks, so the ones still running at the deadline can be
     // aborted instead of outliving the server.
     let mut connections = JoinSet::new();
@@ -338,7 +344,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 // The client's address, for the failed-authentication limit
                 // and the audit trail.
-                let service = tower::ServiceExt::map_request(
+                let service = TowerToHyperService::new(tower::ServiceExt::map_request(
                     app.clone(),
                     move |mut request: axum::http::Request<hyper::body::Incoming>| {
                         request
@@ -346,17 +352,50 @@ pub async fn serve(
                             .insert(axum::extract::ConnectInfo(peer));
                         request
                     },
-                );
-                let connection = builder.serve_connection(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service),
-                );
-                let connection = graceful.watch(connection);
-                connections.spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%peer, %error, "connection ended with an error");
+                ));
+                match &tls {
+                    None => {
+                        let connection = graceful
+                            .watch(builder.serve_connection(TokioIo::new(stream), service));
+                        connections.spawn(async move {
+                            if let Err(error) = connection.await {
+                                tracing::debug!(%peer, %error, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, so a
+                        // slow client cannot hold up the accept loop, and
+                        // under the header-read timeout, so a silent one
+                        // cannot hold a task forever.
+                        let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                        let (watcher, handshake_timeout) =
+                            (graceful.watcher(), config.header_read_timeout);
+                        connections.spawn(async move {
+                            let stream = match tokio::time::timeout(
+                                handshake_timeout,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = watcher
+                                .watch(builder.serve_connection(TokioIo::new(stream), service));
+                            if let Err(error) = connection.await {
+                                tracing::debug!(%peer, %error, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,

@@ -56,3 +56,4 @@ pub mod retention;
 pub mod server;
 pub mod storage;
 pub mod store_copy;
+pub mod tls;

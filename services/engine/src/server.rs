@@ -87,6 +87,24 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub retention: Vec<crate::retention::RetentionRule>,
+    /// PEM certificate chain (leaf first) to serve HTTP and gRPC over TLS
+    /// with; needs `--tls-key`. Without both, both listeners speak plaintext
+    /// (fine on loopback or behind a TLS-terminating proxy).
+    #[arg(
+        long,
+        env = "ENGINE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
+    #[arg(
+        long,
+        env = "ENGINE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// How often retention runs, e.g. `10m`.
     #[arg(long, env = "ENGINE_RETENTION_INTERVAL", default_value = "10m", value_parser = crate::model::parse_duration)]
     pub retention_interval: Duration,
@@ -203,6 +221,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -217,9 +237,19 @@ pub async fn run(
     storage: SharedStorage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // A bad certificate or key stops the start before anything listens.
+    let tls = crate::tls::TlsMaterial::from_options(
+        config.tls_cert.as_deref(),
+        config.tls_key.as_deref(),
+    )?;
     let auth = open_auth(&config).await?;
     let listener = bind(config.http_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "HTTP listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        url = %format!("{scheme}://{}", listener.local_addr()?),
+        "HTTP listening"
+    );
     let grpc_listener = bind(config.grpc_addr).await?;
 
     // One signal fanned out to every component. The hub closes first so
@@ -265,13 +295,16 @@ pub async fn run(
     if let Some(auth) = &auth {
         tokio::spawn(Arc::clone(auth).watch(signal.clone().wait()));
     }
-    let grpc = tokio::spawn(grpc::serve_with_auth(
-        grpc_listener,
-        storage.clone(),
-        hub.clone(),
-        auth.clone(),
-        signal.clone().wait(),
-    ));
+    let grpc = tokio::spawn({
+        let (storage, hub, auth, tls, stopped) = (
+            storage.clone(),
+            hub.clone(),
+            auth.clone(),
+            tls.clone(),
+            signal.clone().wait(),
+        );
+        async move { grpc::serve_with(grpc_listener, storage, hub, auth, tls.as_ref(), stopped).await }
+    });
     let ingest_stats = Arc::new(IngestStats::default());
     let nats = nats_config.map(|nats_config| {
         tokio::spawn(ingest::nats::run(
@@ -303,6 +336,7 @@ pub async fn run(
         auth: auth.clone(),
         auth_failure_limit: config.auth_failure_limit,
         max_exports_per_token: config.max_exports_per_token,
+        tls_config: tls.as_ref().map(|tls| Arc::clone(&tls.http)),
         ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(

@@ -48,6 +48,17 @@ pub struct HttpConfig {
     /// Exports one token may run at once, beside `max_concurrent_exports`;
     /// one more is answered 429.
     pub max_exports_per_token: usize,
+    /// TLS of every connection (`--tls-cert`/`--tls-key`); `None` serves
+    /// plain HTTP. See [`HttpConfig::tls`].
+    pub tls_config: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
+impl HttpConfig {
+    /// Whether the server speaks HTTPS only. When it does, session cookies
+    /// must be set `Secure`, so a browser never sends them over plain HTTP.
+    pub fn tls(&self) -> bool {
+        self.tls_config.is_some()
+    }
 }
 
 /// One more dependency `/readyz` checks, by name (`"nats"`): `Ok` when it
@@ -81,6 +92,7 @@ impl Default for HttpConfig {
             secure_cookies: false,
             auth_failure_limit: 20,
             max_exports_per_token: 8,
+            tls_config: None,
         }
     }
 }
@@ -104,6 +116,9 @@ pub struct AppState {
     /// Exports running per token id (see [`HttpConfig::max_exports_per_token`]).
     pub token_exports: super::auth::TokenExports,
     pub max_exports_per_token: usize,
+    /// The server speaks HTTPS only (`--tls-cert`): session cookies must
+    /// then be set `Secure`, so a browser never sends them over plain HTTP.
+    pub tls: bool,
 }
 
 /// What an import may take: its size and how long its body may stall.
@@ -129,9 +144,10 @@ impl AppState {
                 .auth
                 .as_ref()
                 .map(|_| Arc::new(super::auth::FailureLimiter::new(config.auth_failure_limit))),
-            secure_cookies: config.secure_cookies,
+            secure_cookies: config.secure_cookies || config.tls(),
             token_exports: Arc::default(),
             max_exports_per_token: config.max_exports_per_token.max(1),
+            tls: config.tls(),
         }
     }
 }

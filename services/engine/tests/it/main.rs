@@ -30,6 +30,8 @@ mod ingest_support;
 mod nats;
 // NATS credentials and TLS (issue 9 item 7).
 mod nats_auth;
+// TLS of the HTTP and gRPC listeners (issue 9 item 6).
+mod tls;
 
 // Reliability (issue 13): fuzz inputs replayed, network faults, full disks.
 mod full_disk_engine;

@@ -216,7 +216,7 @@ async fn a_token_and_tls_with_a_ca_file() {
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, with the
 /// openssl command-line tool.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let run = |args: &[&str]| {
         let status = Command::new("openssl")
             .args(args)
