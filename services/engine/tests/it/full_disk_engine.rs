@@ -268,14 +268,7 @@ async fn the_server_fills_its_disk_on_every_path_and_recovers_when_it_grows() {
     imports_acked.push(k);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream("SENSORS")
-            .await
-            .unwrap()
-            .get_consumer("sensor-engine")
-            .await
-            .unwrap();
-        let info = consumer.info().await.unwrap().clone();
+        let info = crate::nats::consumer_info(&js).await;
         if info.ack_floor.stream_sequence == last_seq && info.num_pending == 0 {
             break;
         }
