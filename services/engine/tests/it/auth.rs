@@ -212,6 +212,7 @@ fn example(method: &Method, path: &str) -> Option<(String, Option<(&'static str,
     Some(match (method.as_str(), path) {
         ("GET", "/healthz") => ("/healthz".into(), None),
         ("GET", "/readyz") => ("/readyz".into(), None),
+        ("GET", "/metrics") => ("/metrics".into(), None),
         ("GET", "/api/v1/live") => ("/api/v1/live?sensor_id=plant/a".into(), None),
         ("GET", "/api/v1/export") => (
             "/api/v1/export?sensor_id=plant/a&start_ts=0&end_ts=10".into(),

@@ -31,6 +31,8 @@ impl Served {
             let child = Command::new(engine_bin())
                 .current_dir(cwd)
                 .arg("serve")
+                // Loopback only; tokens are tested in auth.rs.
+                .arg("--no-auth")
                 .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
                 .args(args)
