@@ -56,6 +56,10 @@ pub struct ServeConfig {
     /// NATS authorization token; prefer the environment variable.
     #[arg(long, env = "ENGINE_NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<crate::ingest::nats::Secret>,
+    /// NATS `.creds` file (user JWT and NKey seed, as `nsc` writes it) for
+    /// a server in operator (JWT) mode. Keep it readable by the engine only.
+    #[arg(long, env = "ENGINE_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
     /// PEM file of the CA that signed the NATS servers' certificates: the
     /// connection then requires TLS.
     #[arg(long, env = "ENGINE_NATS_CA", value_name = "FILE")]
@@ -207,6 +211,7 @@ impl ServeConfig {
                     .zip(self.nats_password.as_ref().map(|p| p.expose().to_owned())),
                 token: self.nats_token.as_ref().map(|t| t.expose().to_owned()),
                 ca_file: self.nats_ca.clone(),
+                creds_file: self.nats_creds.clone(),
             },
             ..NatsConfig::new(url)
         })

@@ -105,8 +105,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// How the client authenticates to NATS (user/password or token) and which
-/// CA it trusts for TLS.
+/// How the client authenticates to NATS (user/password, token, or a `.creds`
+/// file of the decentralised JWT model) and which CA it trusts for TLS.
 ///
 /// What a client may publish or consume is NATS's own business (subject
 /// permissions per user): the engine only proves who it is.
@@ -116,6 +116,10 @@ pub struct NatsCredentials {
     pub user_password: Option<(String, String)>,
     /// A token (`authorization { token: ... }`).
     pub token: Option<String>,
+    /// A `.creds` file (a user JWT and its NKey seed, as `nsc` writes it)
+    /// for servers run in operator mode. Read when connecting, so a
+    /// rotated file is picked up by the next connection.
+    pub creds_file: Option<std::path::PathBuf>,
     /// PEM file of the CA that signed the server's certificate; TLS is then
     /// required.
     pub ca_file: Option<std::path::PathBuf>,
@@ -130,6 +134,7 @@ impl fmt::Debug for NatsCredentials {
                 &self.user_password.as_ref().map(|(user, _)| user.as_str()),
             )
             .field("token", &self.token.as_ref().map(|_| "<secret>"))
+            .field("creds_file", &self.creds_file)
             .field("ca_file", &self.ca_file)
             .finish()
     }
@@ -147,6 +152,21 @@ impl NatsCredentials {
         }
         if let Some(token) = &self.token {
             options = options.token(token.clone());
+        }
+        if let Some(path) = &self.creds_file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!("NATS creds file {}: {error}", path.display()),
+                )
+            })?;
+            // async-nats's own message names the problem, never the seed.
+            options = options.credentials(&text).map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!("NATS creds file {}: {error}", path.display()),
+                )
+            })?;
         }
         if let Some(path) = &self.ca_file {
             options = options

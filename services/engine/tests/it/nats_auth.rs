@@ -33,16 +33,18 @@ impl SecuredNats {
         );
         let path = dir.path().join("nats.conf");
         std::fs::write(&path, text).unwrap();
+        let log = dir.path().join("nats.log");
         let child = Command::new(NATS_SERVER)
             .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start nats-server");
         let mut server = Self { child, port, dir };
         if let Err(why) = wait_until_listening(&mut server.child, port, Duration::from_secs(20)) {
-            panic!("nats-server: {why}");
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("nats-server: {why}\n{log}");
         }
         server
     }
@@ -280,4 +282,150 @@ pub(crate) fn make_certificates(dir: &Path) {
         "-extfile",
         "ext.cnf",
     ]);
+}
+
+/// NATS's decentralised auth: a server in operator mode trusts an operator
+/// key; accounts and users are JWTs signed down that chain, and a client
+/// proves who it is with a `.creds` file (the user JWT and its NKey seed),
+/// as `nsc` writes it. Built here with the nkeys crate, signed as the
+/// server's JWT library expects (`alg: ed25519-nkey`).
+mod jwt {
+    use data_encoding::BASE64URL_NOPAD;
+    use nkeys::KeyPair;
+
+    fn encode(issuer: &KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+        let header = BASE64URL_NOPAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+        let claims = serde_json::json!({
+            "jti": format!("{name}-{subject}"),
+            "iat": 1_700_000_000,
+            "iss": issuer.public_key(),
+            "name": name,
+            "sub": subject,
+            "nats": nats,
+        });
+        let claims = BASE64URL_NOPAD.encode(claims.to_string().as_bytes());
+        let signed = format!("{header}.{claims}");
+        let signature = issuer.sign(signed.as_bytes()).expect("sign");
+        format!("{signed}.{}", BASE64URL_NOPAD.encode(&signature))
+    }
+
+    pub fn operator(operator: &KeyPair) -> String {
+        encode(
+            operator,
+            &operator.public_key(),
+            "test-operator",
+            serde_json::json!({ "type": "operator", "version": 2 }),
+        )
+    }
+
+    /// An account; with `jetstream`, unlimited JetStream storage (the
+    /// system account may have none).
+    pub fn account(operator: &KeyPair, account: &KeyPair, name: &str, jetstream: bool) -> String {
+        let storage = if jetstream { -1 } else { 0 };
+        encode(
+            operator,
+            &account.public_key(),
+            name,
+            serde_json::json!({
+                "type": "account",
+                "version": 2,
+                "limits": {
+                    "subs": -1, "data": -1, "payload": -1, "imports": -1,
+                    "exports": -1, "wildcards": true, "conn": -1, "leaf": -1,
+                    "mem_storage": storage, "disk_storage": storage,
+                    "streams": storage, "consumer": storage
+                }
+            }),
+        )
+    }
+
+    pub fn user(account: &KeyPair, user: &KeyPair) -> String {
+        encode(
+            account,
+            &user.public_key(),
+            "engine",
+            serde_json::json!({
+                "type": "user", "version": 2,
+                "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1
+            }),
+        )
+    }
+
+    /// The `.creds` file of `user`, in `nsc`'s layout.
+    pub fn creds(user_jwt: &str, user: &KeyPair) -> String {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n\n\
+             *************************************************************\n",
+            user.seed().expect("seed")
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_against_a_server_in_operator_mode() {
+    use nkeys::KeyPair;
+    let operator = KeyPair::new_operator();
+    let system = KeyPair::new_account();
+    let account = KeyPair::new_account();
+    let user = KeyPair::new_user();
+    let nats = SecuredNats::start(|_| {
+        format!(
+            "operator: {:?}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {:?}\n  {}: {:?}\n}}",
+            jwt::operator(&operator),
+            system.public_key(),
+            system.public_key(),
+            jwt::account(&operator, &system, "SYS", false),
+            account.public_key(),
+            jwt::account(&operator, &account, "PLANT", true),
+        )
+    });
+    let keys = tempfile::tempdir().unwrap();
+    let creds_text = jwt::creds(&jwt::user(&account, &user), &user);
+    let creds = keys.path().join("engine.creds");
+    std::fs::write(&creds, &creds_text).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let engine = Engine::start_with_env(
+        data.path(),
+        &["--nats-url", &nats.url()],
+        &[("ENGINE_NATS_CREDS", creds.to_str().unwrap())],
+    );
+    publish(
+        async_nats::ConnectOptions::with_credentials(&creds_text).unwrap(),
+        &nats.url(),
+        "auth_creds",
+        3.75,
+    )
+    .await;
+    stored(&engine, "auth_creds", 3.75).await;
+    // A user signed by an account the operator never signed is refused,
+    // and so is a creds file whose seed is not the JWT's user.
+    let stranger = KeyPair::new_account();
+    let outsider = keys.path().join("outsider.creds");
+    std::fs::write(&outsider, jwt::creds(&jwt::user(&stranger, &user), &user)).unwrap();
+    refused(
+        nats.url(),
+        NatsCredentials {
+            creds_file: Some(outsider),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mismatched = keys.path().join("mismatched.creds");
+    std::fs::write(
+        &mismatched,
+        jwt::creds(&jwt::user(&account, &user), &KeyPair::new_user()),
+    )
+    .unwrap();
+    refused(
+        nats.url(),
+        NatsCredentials {
+            creds_file: Some(mismatched),
+            ..Default::default()
+        },
+    )
+    .await;
 }
