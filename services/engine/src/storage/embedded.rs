@@ -82,11 +82,6 @@ pub use self::wal::RepairReport;
 const SCAN_READ_AHEAD: usize = 4;
 /// Frozen heads that may wait to be folded before writes slow down.
 pub const MAX_FROZEN_HEADS: usize = 2;
-/// Nice steps the checkpoint thread runs below the process: folds take
-/// the CPU writers and scans leave (on two cores a fold otherwise takes
-/// one from them), yet stay ahead of a machine busy with other work; if
-/// they do fall behind, backpressure slows writes (see `hold_back_writes`).
-const FOLD_NICE: i32 = 5;
 /// How soon a fold that failed (a full disk) is tried again.
 const RETRY_FOLD_AFTER: Duration = Duration::from_secs(1);
 
@@ -606,7 +601,6 @@ fn spawn_checkpointer(
     std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || {
-            io::lower_thread_priority(FOLD_NICE);
             loop {
                 {
                     let Some(store) = inner.upgrade() else { return };

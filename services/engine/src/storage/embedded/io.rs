@@ -291,10 +291,11 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 /// Lowers the calling thread's CPU priority by `by` nice steps (Linux: a
-/// thread's own nice value, at most 19; elsewhere nothing). For the store's
-/// background work (the fold, a backup's compression): it then yields the
-/// CPU to writers and scans when they want it, and still takes all that is
-/// idle. Lowering needs no privilege but cannot be undone by an
+/// thread's own nice value, at most 19; elsewhere nothing). For background
+/// work that may take its time (a backup's reading and compressing): it
+/// then yields the CPU to writers and scans when they want it, and still
+/// takes all that is idle. Not for the fold: a fold that falls behind
+/// slows writes down (backpressure), which measured worse under load. Lowering needs no privilege but cannot be undone by an
 /// unprivileged process, so only threads of our own that end with the work
 /// call it, never a pool thread.
 pub fn lower_thread_priority(by: i32) {
