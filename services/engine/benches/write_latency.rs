@@ -90,6 +90,14 @@ fn message(sensor: &str, first_ts: i64) -> String {
     out
 }
 
+/// The three load averages of a `/proc/loadavg` line.
+fn load_of(line: &str) -> String {
+    line.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
@@ -275,12 +283,10 @@ fn main() {
     ));
     println!(
         "Write latency, {seconds} s at 500k points/s through gRPC ({} calls of {POINTS_PER_CALL} points) \
-         with NATS at 10k points/s alongside; load average at start: {}",
+         with NATS at 10k points/s alongside; load average at start: {}, at end: {}",
         with.writes.len(),
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_of(&load),
+        load_of(&std::fs::read_to_string("/proc/loadavg").unwrap_or_default()),
     );
     println!();
     println!(

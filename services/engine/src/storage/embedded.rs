@@ -140,6 +140,15 @@ struct Inner {
 
 struct WalState {
     writer: WalWriter,
+    /// The next segment, created ahead by the checkpoint thread, so that a
+    /// freeze under this lock swaps files instead of creating and syncing
+    /// one (two fsyncs every writer would wait for).
+    spare: Option<WalWriter>,
+    /// The checkpoint thread is creating the spare (outside this lock).
+    spare_pending: bool,
+    /// Spares are made once a first freeze happened: a store whose head
+    /// never fills keeps a single segment.
+    spare_wanted: bool,
     /// The version the next direct write gets.
     next_version: u64,
     closed: bool,
@@ -331,13 +340,14 @@ impl EmbeddedStore {
         let newest = segments
             .last()
             .map_or(checkpoint, |(seq, _)| (*seq).max(checkpoint));
+        let last_written = last_written_segment(&segments);
         let mut next_version = last_version.max(FIRST_DIRECT_VERSION) + 1;
         let mut replayed = Head::default();
         for (seq, path) in &segments {
             if *seq <= checkpoint {
                 continue;
             }
-            let contents = wal::read_segment(path, *seq == newest).map_err(wal_open_error)?;
+            let contents = wal::read_segment(path, *seq >= last_written).map_err(wal_open_error)?;
             for record in &contents.records {
                 let version = record.version.unwrap_or(next_version);
                 next_version = next_version.max(version + 1);
@@ -370,6 +380,9 @@ impl EmbeddedStore {
             blocks,
             wal: Mutex::new(WalState {
                 writer,
+                spare: None,
+                spare_pending: false,
+                spare_wanted: false,
                 next_version,
                 closed: false,
             }),
@@ -409,13 +422,13 @@ impl EmbeddedStore {
         };
         let wal_dir = dir.join("wal");
         let segments = wal::list_segments(&wal_dir)?;
-        let newest = segments.last().map_or(0, |(seq, _)| *seq);
+        let last_written = last_written_segment(&segments);
         let mut reports = Vec::new();
         for (seq, path) in segments {
             if seq <= checkpoint {
                 continue;
             }
-            if let Err(WalError::Damaged { .. }) = wal::read_segment(&path, seq == newest) {
+            if let Err(WalError::Damaged { .. }) = wal::read_segment(&path, seq >= last_written) {
                 reports.push(
                     wal::repair_segment(&path).map_err(|e| wal_error(e, &HealthState::new()))?,
                 );
@@ -440,7 +453,7 @@ impl EmbeddedStore {
     /// calling thread; writes go on meanwhile. See `backup` for the format.
     pub fn backup_to(&self, out: impl std::io::Write) -> Result<BackupSummary, StorageError> {
         let (snapshot, _running) = self.inner.backup_snapshot()?;
-        backup::write_backup(&snapshot, out)
+        backup::write_backup(snapshot, out)
     }
 
     /// Rebuilds a store in `dir` (new or empty) from a backup, replays the
@@ -551,6 +564,19 @@ fn disk_usage(dir: &Path) -> super::DiskUsage {
     }
 }
 
+/// The segment writes went to last: the only one that may end in a torn
+/// record, it and the ones after it. Segments after it hold no record (a
+/// spare created ahead, or one cut short while being created): no write
+/// went to them, so the one before was still being written.
+fn last_written_segment(segments: &[(u64, PathBuf)]) -> u64 {
+    let header = wal::segment_header().len() as u64;
+    segments
+        .iter()
+        .rev()
+        .find(|(_, path)| std::fs::metadata(path).map_or(true, |m| m.len() > header))
+        .map_or(0, |(seq, _)| *seq)
+}
+
 fn delete_segments_up_to(wal_dir: &Path, seq: u64) {
     match wal::list_segments(wal_dir) {
         Ok(segments) => {
@@ -578,6 +604,10 @@ fn spawn_checkpointer(
             loop {
                 {
                     let Some(store) = inner.upgrade() else { return };
+                    // First the spare, so that the next freeze finds it.
+                    if let Err(error) = store.prepare_spare() {
+                        tracing::debug!(%error, "could not create the next WAL segment yet");
+                    }
                     loop {
                         match store.fold_oldest() {
                             Ok(true) => continue,
@@ -771,11 +801,22 @@ impl Inner {
 
     /// Freezes the active head: the WAL moves to a new segment, so the head
     /// holds exactly the records of the segments up to the old one.
+    ///
+    /// Takes the spare segment when the checkpoint thread has one ready;
+    /// while it is creating one, the freeze waits for a later write (the
+    /// head goes a little past its limit); with neither, it creates the
+    /// next segment itself.
     fn freeze(&self, wal: &mut WalState) -> Result<(), StorageError> {
         let covers = wal.writer.seq();
-        wal.writer
-            .rotate()
-            .map_err(|e| wal_error(e, &self.health))?;
+        wal.spare_wanted = true;
+        match wal.spare.take() {
+            Some(spare) => wal.writer = spare,
+            None if wal.spare_pending => return Ok(()),
+            None => wal
+                .writer
+                .rotate()
+                .map_err(|e| wal_error(e, &self.health))?,
+        }
         {
             let mut memory = self.write_memory();
             let head = std::mem::take(&mut memory.active);
@@ -788,6 +829,28 @@ impl Inner {
             }));
         }
         self.signal.wake_fold();
+        Ok(())
+    }
+
+    /// Creates the next WAL segment ahead, outside the WAL lock, for the
+    /// next freeze to take (see [`WalState::spare`]).
+    fn prepare_spare(&self) -> Result<(), StorageError> {
+        let seq = {
+            let mut wal = self.lock_wal()?;
+            if wal.spare.is_some() || wal.spare_pending || !wal.spare_wanted {
+                return Ok(());
+            }
+            wal.spare_pending = true;
+            wal.writer.seq() + 1
+        };
+        let created = WalWriter::create(&self.dir.join("wal"), seq, self.options.faults.clone());
+        let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        wal.spare_pending = false;
+        // No freeze ran meanwhile: freezes wait while a spare is pending.
+        debug_assert_eq!(wal.writer.seq() + 1, seq);
+        // A failure is not the store's health: the next freeze creates the
+        // segment itself, and reports it then if it still fails.
+        wal.spare = Some(created.map_err(|e| StorageError::Backend(e.to_string()))?);
         Ok(())
     }
 
@@ -1132,10 +1195,18 @@ impl Inner {
 
     fn close(&self) -> Result<(), StorageError> {
         let result = {
-            let mut wal = match self.lock_wal() {
-                Ok(wal) => wal,
-                Err(StorageError::Closed) => return Ok(()),
-                Err(e) => return Err(e),
+            let mut wal = loop {
+                let wal = match self.lock_wal() {
+                    Ok(wal) => wal,
+                    Err(StorageError::Closed) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                // A spare being created would make the freeze wait.
+                if !wal.spare_pending {
+                    break wal;
+                }
+                drop(wal);
+                std::thread::sleep(Duration::from_millis(1));
             };
             let empty = self.read_memory().active.is_empty();
             let result = if empty { Ok(()) } else { self.freeze(&mut wal) };
@@ -1357,7 +1428,7 @@ impl StorageEngine for EmbeddedStore {
                 sender: sender.clone(),
                 buffer: Vec::with_capacity(CHANNEL_CHUNK),
             };
-            match backup::write_backup(&snapshot, &mut out) {
+            match backup::write_backup(snapshot, &mut out) {
                 Ok(summary) => tracing::info!(?summary, "backup written"),
                 Err(error) => {
                     tracing::warn!(%error, "backup ended early");
@@ -1431,5 +1502,82 @@ impl EmbeddedStore {
         footprint.file_apparent = metadata.len();
         footprint.file_allocated = metadata.blocks() * 512;
         Ok(footprint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Point;
+
+    fn samples(id: &SensorId, from: i64, n: i64) -> Vec<Sample> {
+        (from..from + n)
+            .map(|ts| {
+                Sample::new(
+                    id.clone(),
+                    Point {
+                        timestamp_ms: ts,
+                        value: ts as f64 * 0.5,
+                        quality: 192,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The segments of `dir` and their lengths, oldest first.
+    fn segments(dir: &Path) -> Vec<(u64, PathBuf, u64)> {
+        wal::list_segments(&dir.join("wal"))
+            .unwrap()
+            .into_iter()
+            .map(|(seq, path)| {
+                let len = std::fs::metadata(&path).unwrap().len();
+                (seq, path, len)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_torn_tail_before_the_spare_segment_opens_with_the_intact_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions {
+            head_flush_points: 100,
+            ..EmbeddedOptions::default()
+        };
+        let id = SensorId::new("spare").unwrap();
+        let header = wal::segment_header().len() as u64;
+        {
+            let store = EmbeddedStore::open_with(dir.path(), options.clone()).unwrap();
+            // Fills the head: the first freeze, after which spares are made.
+            store.write_blocking(samples(&id, 0, 100)).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while store.inner.wal.lock().unwrap().spare.is_none() {
+                assert!(std::time::Instant::now() < deadline, "no spare segment");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            store.write_blocking(samples(&id, 100, 10)).unwrap();
+            store.write_blocking(samples(&id, 110, 10)).unwrap();
+            // No close: the last writes live only in the WAL, the spare
+            // after their segment.
+        }
+        let on_disk = segments(dir.path());
+        let (last, rest) = on_disk.split_last().unwrap();
+        assert_eq!(last.2, header, "the spare holds no record: {on_disk:?}");
+        let written = rest.last().unwrap();
+        assert!(written.2 > header);
+        // A write cut short by the crash, never acknowledged.
+        let mut file = OpenOptions::new().append(true).open(&written.1).unwrap();
+        file.write_all(&[0x57, 0x41, 0x4c, 0x52, 9, 9]).unwrap();
+        drop(file);
+
+        let store = EmbeddedStore::open_with(dir.path(), options).unwrap();
+        let txn = store.inner.blocks.begin_read().unwrap();
+        let stats = blocks::stats_of(&txn, &id).unwrap().unwrap();
+        assert_eq!((stats.count, stats.first, stats.last), (120, 0, 119));
+        assert_eq!(
+            std::fs::metadata(&written.1).map(|m| m.len()).ok(),
+            None,
+            "the replayed segment is folded and deleted"
+        );
     }
 }

@@ -290,6 +290,32 @@ pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
     (result == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
+/// Lowers the calling thread's CPU priority by `by` nice steps (Linux: a
+/// thread's own nice value, at most 19; elsewhere nothing). For background
+/// work that may take its time (a backup's reading and compressing): it
+/// then yields the CPU to writers and scans when they want it, and still
+/// takes all that is idle. Not for the fold: a fold that falls behind
+/// slows writes down (backpressure), which measured worse under load. Lowering needs no privilege but cannot be undone by an
+/// unprivileged process, so only threads of our own that end with the work
+/// call it, never a pool thread.
+pub fn lower_thread_priority(by: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid, getpriority and setpriority take plain integers
+        // and touch no memory of ours.
+        let result = unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            let now = libc::getpriority(libc::PRIO_PROCESS as _, tid);
+            libc::setpriority(libc::PRIO_PROCESS as _, tid, (now + by).min(19))
+        };
+        if result != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "could not lower the thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = by;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +335,22 @@ mod tests {
         let failures = BackendFailures::default();
         failures.record(IoOp::Write, &disk_full_error());
         assert!(failures.disk_full() && !failures.fatal());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn lowered_priority_is_the_threads_own() {
+        // SAFETY: plain integers in and out.
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS as _, libc::gettid() as _) };
+        let before = nice();
+        let lowered = std::thread::spawn(move || {
+            lower_thread_priority(7);
+            nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (before + 7).min(19));
+        assert_eq!(nice(), before, "other threads keep theirs");
     }
 
     #[test]
