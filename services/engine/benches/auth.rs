@@ -210,7 +210,7 @@ fn main() {
         .expect("verify");
     assert!(records.problem.is_none(), "{records:?}");
     // Outcomes are group-committed: the last one may still be on its way.
-    assert!(records.records as usize >= 2 * runs + 1, "{records:?}");
+    assert!(records.records as usize > 2 * runs, "{records:?}");
 
     println!("| Measure | Median |");
     println!("|---|---|");

@@ -267,6 +267,9 @@ pub trait AuditSink: Send + Sync + 'static {
 
 type Waiter = oneshot::Sender<Result<u64, AuditError>>;
 
+// Messages go through the channel one by one; boxing each event would
+// cost an allocation per record for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Event(AuditEvent, Option<Waiter>),
     Flush(oneshot::Sender<Result<(), AuditError>>),

@@ -44,7 +44,10 @@ pub struct AuditPage {
 /// Complete lines of one file, with their line numbers (1-based); a last
 /// line without `\n` is being written (or was cut short) and is left out,
 /// reported as the second value.
-fn lines(path: &Path) -> Result<(Vec<(u64, Vec<u8>)>, bool), AuditError> {
+/// Lines of a file with their numbers, and whether a torn one followed.
+type Lines = (Vec<(u64, Vec<u8>)>, bool);
+
+fn lines(path: &Path) -> Result<Lines, AuditError> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         // Rotated away or deleted between listing and reading.
@@ -121,14 +124,21 @@ pub fn read_records(dir: &Path, filter: &AuditFilter) -> Result<AuditPage, Audit
                 continue;
             };
             let seq = record.get("seq").and_then(|v| v.as_u64()).unwrap_or(0);
+            // Whatever else is asked, an outcome follows its start.
+            if let Some(sensor) = &filter.sensor
+                && record.get("event").and_then(|v| v.as_str()) == Some("export_started")
+                && record
+                    .get("sensors")
+                    .and_then(|v| v.as_array())
+                    .is_some_and(|list| list.iter().any(|s| s.as_str() == Some(sensor.as_str())))
+            {
+                exports.insert(seq);
+            }
             if filter.after_seq.is_some_and(|after| seq <= after) {
                 continue;
             }
             if !matches(&record, filter, &exports) {
                 continue;
-            }
-            if record.get("event").and_then(|v| v.as_str()) == Some("export_started") {
-                exports.insert(seq);
             }
             if filter.limit.is_some_and(|limit| records.len() >= limit) {
                 return Ok(AuditPage {

@@ -89,6 +89,7 @@ async fn an_export_is_recorded_before_its_first_byte_and_its_outcome_after() {
             "/api/v1/export?sensor_id=plant/a&start_ts=0&end_ts=10&format=jsonl&time_zone=Europe/Berlin",
         ))
         .bearer_auth(&analyst)
+        .header("accept-encoding", "identity")
         .send()
         .await
         .unwrap();
@@ -300,6 +301,7 @@ async fn a_download_the_client_abandons_is_recorded_as_aborted() {
     let whole = client()
         .get(server.url("/api/v1/export?sensor_id=plant/big&start_ts=0&end_ts=99999999"))
         .bearer_auth(&analyst)
+        .header("accept-encoding", "identity")
         .send()
         .await
         .unwrap()
