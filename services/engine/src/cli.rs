@@ -209,6 +209,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Read and check the audit trail (`DATA_DIR/audit/`); works while
+    /// `engine serve` runs on the same data directory.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Recover a store whose write-ahead log is damaged (opening it says
     /// so): keeps every intact record, moves each damaged segment to
     /// `wal/damaged/`, and reports what could not be recovered. The store
@@ -253,6 +259,183 @@ enum TokenCommand {
     },
 }
 
+/// `engine audit ...`.
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Records, oldest first: tab-separated (seq, time, event, via, token,
+    /// client, the rest as key=value), or as stored with `--json`.
+    List {
+        #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// Records at or after TS (epoch ms or RFC 3339).
+        #[arg(long, value_parser = parse_timestamp)]
+        since: Option<i64>,
+        /// Records of this token id (made with it, or creating or revoking it).
+        #[arg(long)]
+        token: Option<String>,
+        /// Records naming this sensor (and the outcomes of its exports).
+        #[arg(long)]
+        sensor: Option<String>,
+        /// Only this kind: export_started, export_ended, import, grpc_write,
+        /// token_created, token_revoked, sign_in, refused, refusals_dropped.
+        #[arg(long)]
+        event: Option<String>,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object a line, exactly as stored.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every record's MAC and the chain across files; exits non-zero
+    /// naming the first record that was edited, removed or reordered.
+    Verify {
+        #[arg(long, env = "ENGINE_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
+        /// The key to check with (a copy kept elsewhere); default
+        /// `DATA_DIR/auth/audit-key`.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Accept a trail whose oldest files were deleted on purpose: the
+        /// first remaining record may follow one that is gone.
+        #[arg(long)]
+        allow_pruned: bool,
+    },
+}
+
+async fn run_audit(command: AuditCommand) -> Result<(), CliError> {
+    use crate::audit::{AuditFilter, file, verify};
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match command {
+        AuditCommand::List {
+            data_dir,
+            since,
+            token,
+            sensor,
+            event,
+            limit,
+            json,
+        } => {
+            let filter = AuditFilter {
+                since_ms: since,
+                token,
+                sensor,
+                event,
+                after_seq: None,
+                limit,
+            };
+            let page = verify::read_records(&file::log_dir(&data_dir), &filter)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            if !json {
+                writeln!(out, "seq\ttime\tevent\tvia\ttoken\tclient\tdetails")
+                    .map_err(CliError::Output)?;
+            }
+            for record in &page.records {
+                if json {
+                    writeln!(out, "{record}").map_err(CliError::Output)?;
+                    continue;
+                }
+                let field = |name: &str| match record.get(name) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Null) | None => "-".into(),
+                    Some(other) => other.to_string(),
+                };
+                let token = match (record.get("token_id"), record.get("token_name")) {
+                    (Some(id), Some(name)) => format!(
+                        "{} ({})",
+                        id.as_str().unwrap_or("-"),
+                        name.as_str().unwrap_or("")
+                    ),
+                    (None, Some(name)) => name.as_str().unwrap_or("-").to_owned(),
+                    (_, None) => record
+                        .get("os_user")
+                        .and_then(|u| u.as_str())
+                        .map_or_else(|| "-".into(), |u| format!("user {u}")),
+                };
+                const SHOWN: &[&str] = &[
+                    "seq",
+                    "ms",
+                    "time",
+                    "event",
+                    "via",
+                    "token_id",
+                    "token_name",
+                    "client",
+                    "os_user",
+                    "prev",
+                    "mac",
+                ];
+                let details: Vec<String> = record
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(key, _)| !SHOWN.contains(&key.as_str()))
+                    .map(|(key, value)| match value {
+                        serde_json::Value::String(s) => format!("{key}={s}"),
+                        other => format!("{key}={other}"),
+                    })
+                    .collect();
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{token}\t{}\t{}",
+                    field("seq"),
+                    field("time"),
+                    field("event"),
+                    field("via"),
+                    field("client"),
+                    details.join(" ")
+                )
+                .map_err(CliError::Output)?;
+            }
+            if page.truncated {
+                eprintln!("(more records match; raise --limit or narrow with --since)");
+            }
+        }
+        AuditCommand::Verify {
+            data_dir,
+            key,
+            allow_pruned,
+        } => {
+            let report = verify::verify_dir(&data_dir, key.as_deref(), allow_pruned)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if let Some(problem) = &report.problem {
+                return Err(CliError::Usage(format!(
+                    "the audit trail was tampered with or damaged: {}: {} \
+                     ({} records before it are intact)",
+                    problem.at, problem.what, report.records
+                )));
+            }
+            let range = match (report.first_seq, report.last_seq) {
+                (Some(first), Some(last)) => format!("seq {first} to {last}"),
+                _ => "no records".into(),
+            };
+            writeln!(
+                out,
+                "audit trail intact: {} records ({range}) in {} files in {}",
+                report.records,
+                report.files,
+                report.dir.display()
+            )
+            .map_err(CliError::Output)?;
+        }
+    }
+    out.flush().map_err(CliError::Output)
+}
+
+/// Records a token change made by the CLI, durably, in the data
+/// directory's audit trail: appended under the trail's file lock, so a
+/// running server's records and these share one chain.
+fn audit_token_change(data_dir: &Path, event: crate::audit::AuditEvent) -> Result<(), CliError> {
+    let sink = crate::audit::FileAuditSink::open(data_dir, crate::audit::DEFAULT_ROTATE_BYTES)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    sink.append_blocking(&[event], true)
+        .map(|_| ())
+        .map_err(|e| CliError::Usage(e.to_string()))
+}
+
 fn format_ms(ms: Option<i64>) -> String {
     match ms.map(jiff::Timestamp::from_millisecond) {
         None => "-".into(),
@@ -279,6 +462,25 @@ async fn run_token(command: TokenCommand) -> Result<(), CliError> {
                     TokenError::Invalid(m) => CliError::Usage(m),
                     TokenError::Store(e) => CliError::Usage(e.to_string()),
                 })?;
+            let record = &created.record;
+            let audited = audit_token_change(
+                &data_dir,
+                crate::audit::AuditEvent::TokenCreated {
+                    actor: crate::audit::Actor::cli(),
+                    target_token_id: record.id.clone(),
+                    target_name: record.name.clone(),
+                    scopes: record.scopes.clone(),
+                    expires_ms: record.expires_ms,
+                },
+            );
+            if let Err(error) = audited {
+                // Not in the trail: not made.
+                let now = jiff::Timestamp::now().as_millisecond();
+                let _ = store.revoke(&record.id, now).await;
+                return Err(CliError::Usage(format!(
+                    "token not created: its audit record cannot be written: {error}"
+                )));
+            }
             eprintln!(
                 "created token {} ({}) with scopes {}; expires {}. The secret below is shown \
                  this once: only its hash is kept.",
@@ -332,6 +534,19 @@ async fn run_token(command: TokenCommand) -> Result<(), CliError> {
                 .await
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             eprintln!("revoked {} ({})", record.id, record.name);
+            audit_token_change(
+                &data_dir,
+                crate::audit::AuditEvent::TokenRevoked {
+                    actor: crate::audit::Actor::cli(),
+                    target_token_id: record.id.clone(),
+                    target_name: record.name.clone(),
+                },
+            )
+            .map_err(|e| {
+                CliError::Usage(format!(
+                    "the token is revoked, but its audit record cannot be written: {e}"
+                ))
+            })?;
         }
     }
     out.flush().map_err(CliError::Output)
@@ -518,6 +733,7 @@ async fn open_embedded_with(
 async fn execute(command: Command) -> Result<(), CliError> {
     match command {
         Command::Token { command } => run_token(command).await,
+        Command::Audit { command } => run_audit(command).await,
         Command::Serve {
             data_dir,
             mut config,

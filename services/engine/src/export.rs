@@ -26,6 +26,7 @@
 //! [`CsvEncoder`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
@@ -108,6 +109,8 @@ pub struct Export {
     /// The content coding the body is in, if any.
     pub encoding: Option<Encoding>,
     pub body: ByteStream,
+    /// Rows read for the body so far (the audit trail's count).
+    pub rows: Arc<AtomicU64>,
 }
 
 /// Settings of the serving side.
@@ -178,6 +181,8 @@ pub async fn open(
     let encoding = options.accept.filter(|_| request.format.compressible());
     let schema = table::Schema::of(&request);
     let raw_single = request.resample.is_none() && request.sensors.len() == 1;
+    let rows = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&rows);
     let body = if raw_single
         && request.layout == Layout::Single
         && request.format == ExportFormat::Csv
@@ -185,12 +190,13 @@ pub async fn open(
     {
         // Today's bytes, through today's encoder.
         let scan = storage.scan(&request.sensors[0], request.range);
-        legacy_csv_body(scan, &request, encoding)
+        legacy_csv_body(scan, &request, encoding, counted)
     } else {
         let chunks = chunks(storage, &request, points_estimate)
-            .inspect(|chunk| {
+            .inspect(move |chunk| {
                 if let Ok(chunk) = chunk {
                     crate::metrics::export_rows(chunk.len() as u64);
+                    counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
             })
             .boxed();
@@ -231,6 +237,7 @@ pub async fn open(
         request,
         encoding,
         body,
+        rows,
     })
 }
 
@@ -277,13 +284,15 @@ fn legacy_csv_body(
     scan: PointStream,
     request: &ExportRequest,
     encoding: Option<Encoding>,
+    rows: Arc<AtomicU64>,
 ) -> ByteStream {
     let encoder = Arc::new(CsvEncoder::new(request.csv.clone()));
     let mut header = Vec::with_capacity(64);
     encoder.write_header(&mut header);
-    let batches = rebatch(scan, MIN_CHUNK_ROWS).inspect(|batch| {
+    let batches = rebatch(scan, MIN_CHUNK_ROWS).inspect(move |batch| {
         if let Ok(batch) = batch {
             crate::metrics::export_rows(batch.len() as u64);
+            rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
         }
     });
     encoded_body(header, batches, encoding, move |batch: PointBatch, out| {

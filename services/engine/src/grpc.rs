@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use std::sync::Arc;
 
+use crate::audit::{Actor, Audit, AuditEvent, Outcome, Via, WriteKind, WriteSession};
 use crate::auth::{Action, Authenticator, Principal, Unauthorized};
 use crate::live::{LiveHub, LiveUpdate};
 use crate::model::{Point, PointBatch, Sample, SensorId, TimeRange, check_timestamp};
@@ -66,6 +67,9 @@ pub struct GrpcService {
     /// Whether calls must carry a [`Principal`] (set by [`interceptor`]);
     /// without one they are refused. Off: everyone may do everything.
     auth: bool,
+    /// Where write sessions are recorded (`Scan` is a read, not an export:
+    /// not recorded).
+    audit: Option<Arc<Audit>>,
 }
 
 impl GrpcService {
@@ -76,6 +80,7 @@ impl GrpcService {
             storage,
             hub,
             auth: false,
+            audit: None,
         }
     }
 
@@ -95,6 +100,7 @@ impl GrpcService {
 /// secret). The health service is served without it.
 pub fn interceptor(
     auth: Option<Arc<Authenticator>>,
+    audit: Option<Arc<Audit>>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
         let Some(auth) = &auth else {
@@ -116,9 +122,20 @@ pub fn interceptor(
                 request.extensions_mut().insert(principal);
                 Ok(request)
             }
-            Err(reason) => Err(Status::unauthenticated(format!(
-                "{reason}: send metadata authorization: Bearer TOKEN"
-            ))),
+            Err(reason) => {
+                if let Some(audit) = &audit {
+                    audit.refused(AuditEvent::Refused {
+                        actor: Actor::of(Via::Grpc, None, request.remote_addr()),
+                        status: "UNAUTHENTICATED".into(),
+                        method: "grpc".into(),
+                        path: "sensor.v1.SensorEngine".into(),
+                        reason: Some(reason.to_string()),
+                    });
+                }
+                Err(Status::unauthenticated(format!(
+                    "{reason}: send metadata authorization: Bearer TOKEN"
+                )))
+            }
         }
     }
 }
@@ -244,6 +261,10 @@ impl SensorEngine for GrpcService {
         request: Request<Streaming<pb::WriteRequest>>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let caller = self.caller(&request)?;
+        // Recorded when the stream ends; `aborted` if the call is cancelled.
+        let actor = Actor::of(Via::Grpc, Some(&caller), request.remote_addr());
+        let refused_as = self.audit.is_some().then(|| actor.clone());
+        let mut session = WriteSession::start(self.audit.as_ref(), WriteKind::GrpcWrite, actor);
         let mut requests = request.into_inner();
         // Pipelined: a reader task decodes and validates the next requests
         // while the store writes the previous ones, and requests that queued
@@ -275,32 +296,65 @@ impl SensorEngine for GrpcService {
                 }
             }
         }));
-        let mut points_written = 0u64;
-        while let Some(item) = queue.recv().await {
-            let mut samples = item?;
-            let mut failure = None;
-            while samples.len() < MAX_MERGED_POINTS {
-                match queue.try_recv() {
-                    Ok(Ok(more)) => samples.extend(more),
-                    Ok(Err(status)) => {
-                        // The requests before the bad one are still written.
-                        failure = Some(status);
-                        break;
+        let written: Result<u64, Status> = async {
+            let mut points_written = 0u64;
+            while let Some(item) = queue.recv().await {
+                let mut samples = item?;
+                let mut failure = None;
+                while samples.len() < MAX_MERGED_POINTS {
+                    match queue.try_recv() {
+                        Ok(Ok(more)) => samples.extend(more),
+                        Ok(Err(status)) => {
+                            // The requests before the bad one are still written.
+                            failure = Some(status);
+                            break;
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
+                }
+                if !samples.is_empty() {
+                    let count = samples.len() as u64;
+                    for sample in &samples {
+                        session.sensor(sample.sensor_id.as_str());
+                    }
+                    self.storage.write(samples).await.map_err(status_from)?;
+                    session.stored(count);
+                    points_written += count;
+                }
+                if let Some(status) = failure {
+                    return Err(status);
                 }
             }
-            if !samples.is_empty() {
-                let count = samples.len() as u64;
-                self.storage.write(samples).await.map_err(status_from)?;
-                points_written += count;
+            Ok(points_written)
+        }
+        .await;
+        drop(reader);
+        match written {
+            Ok(points_written) => {
+                session.finish(Outcome::Completed, None);
+                Ok(Response::new(pb::WriteResponse { points_written }))
             }
-            if let Some(status) = failure {
-                return Err(status);
+            Err(status) => {
+                if status.code() == tonic::Code::PermissionDenied
+                    && let (Some(audit), Some(actor)) = (&self.audit, refused_as)
+                {
+                    audit.refused(AuditEvent::Refused {
+                        actor,
+                        status: "PERMISSION_DENIED".into(),
+                        method: "grpc".into(),
+                        path: "/sensor.v1.SensorEngine/Write".into(),
+                        reason: Some(status.message().to_owned()),
+                    });
+                }
+                let outcome = if status.code() == tonic::Code::Cancelled {
+                    Outcome::Aborted
+                } else {
+                    Outcome::Failed
+                };
+                session.finish(outcome, Some(status.message().to_owned()));
+                Err(status)
             }
         }
-        drop(reader);
-        Ok(Response::new(pb::WriteResponse { points_written }))
     }
 
     type ScanStream = BoxStream<'static, Result<pb::ScanResponse, Status>>;
@@ -407,11 +461,12 @@ pub async fn serve(
     hub: LiveHub,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with(listener, storage, hub, None, None, shutdown).await
+    serve_with(listener, storage, hub, None, None, None, shutdown).await
 }
 
 /// [`serve`] with every call but health checked against `auth` (`None`:
-/// `--no-auth`, everyone may do everything), over TLS when `tls` is given
+/// `--no-auth`, everyone may do everything), write sessions and refusals
+/// recorded in `audit`, over TLS when `tls` is given
 /// (`--tls-cert`/`--tls-key`: tonic's own rustls server, so every
 /// connection must then be TLS and a plaintext client fails).
 pub async fn serve_with(
@@ -419,6 +474,7 @@ pub async fn serve_with(
     storage: SharedStorage,
     hub: LiveHub,
     auth: Option<Arc<Authenticator>>,
+    audit: Option<Arc<Audit>>,
     tls: Option<&crate::tls::TlsMaterial>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -465,11 +521,13 @@ pub async fn serve_with(
     };
     let mut engine = GrpcService::new(storage, hub.clone());
     engine.auth = auth.is_some();
+    engine.audit = audit.clone();
     let service = SensorEngineServer::new(engine).max_decoding_message_size(MAX_MESSAGE_BYTES);
     // Reflection describes the API, not data; still only for token holders
     // when auth is on. Health stays open for probes.
-    let reflection = reflection.map(|r| InterceptedService::new(r, interceptor(auth.clone())));
-    let service = InterceptedService::new(service, interceptor(auth));
+    let reflection =
+        reflection.map(|r| InterceptedService::new(r, interceptor(auth.clone(), audit.clone())));
+    let service = InterceptedService::new(service, interceptor(auth, audit));
     let shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
         shutdown.await;
         follow_store.abort();

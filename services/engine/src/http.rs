@@ -38,6 +38,7 @@ use tracing::Level;
 use crate::storage::SharedStorage;
 
 mod admin;
+pub mod audit;
 pub mod auth;
 pub mod error;
 mod export;
@@ -126,6 +127,7 @@ fn api_routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             spec(Method::DELETE, "/api/v1/tokens/{id}", Admin),
             delete(tokens::revoke),
         ),
+        (spec(Method::GET, "/api/v1/audit", Admin), get(audit::list)),
         (
             spec(Method::POST, "/api/v1/session", Open),
             post(auth::sign_in),

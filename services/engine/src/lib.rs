@@ -31,10 +31,13 @@
 //! - [`logging`]: `--log-format text|json` on standard error.
 //! - [`auth`]: tokens (hash only), scopes over sensor patterns, browser
 //!   sessions: the one check HTTP, SSE and gRPC make.
+//! - [`audit`]: the tamper-evident audit trail (exports, imports, writes,
+//!   tokens, sign-ins, refusals), HMAC-chained JSON Lines in `DATA_DIR/audit/`.
 //! - [`cli`]: the `engine` command line; `main.rs` only calls [`cli::run`].
 //! - `fuzzing` (hidden): the decoders' entry points for the fuzz targets in
 //!   `fuzz/`.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod cluster;

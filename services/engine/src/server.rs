@@ -182,6 +182,10 @@ pub struct ServeConfig {
     /// one more is answered 429.
     #[arg(long, env = "ENGINE_MAX_EXPORTS_PER_TOKEN", default_value_t = 8)]
     pub max_exports_per_token: usize,
+    /// Size in bytes at which the audit trail (`DATA_DIR/audit/`) closes a
+    /// file and begins the next; the chain of MACs runs across files.
+    #[arg(long, env = "ENGINE_AUDIT_ROTATE_BYTES", default_value_t = crate::audit::DEFAULT_ROTATE_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_rotate_bytes: u64,
 }
 
 impl ServeConfig {
@@ -234,6 +238,8 @@ pub enum ServeError {
     Config(String),
     #[error(transparent)]
     Tokens(#[from] crate::auth::TokenStoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Serves until `shutdown` completes, then stops accepting and drains.
@@ -248,6 +254,7 @@ pub async fn run(
         config.tls_key.as_deref(),
     )?;
     let auth = open_auth(&config).await?;
+    let audit = open_audit(&config)?;
     let listener = bind(config.http_addr).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
@@ -301,14 +308,26 @@ pub async fn run(
         tokio::spawn(Arc::clone(auth).watch(signal.clone().wait()));
     }
     let grpc = tokio::spawn({
-        let (storage, hub, auth, tls, stopped) = (
+        let (storage, hub, auth, audit, tls, stopped) = (
             storage.clone(),
             hub.clone(),
             auth.clone(),
+            audit.clone(),
             tls.clone(),
             signal.clone().wait(),
         );
-        async move { grpc::serve_with(grpc_listener, storage, hub, auth, tls.as_ref(), stopped).await }
+        async move {
+            grpc::serve_with(
+                grpc_listener,
+                storage,
+                hub,
+                auth,
+                audit,
+                tls.as_ref(),
+                stopped,
+            )
+            .await
+        }
     });
     let ingest_stats = Arc::new(IngestStats::default());
     let nats = nats_config.map(|nats_config| {
@@ -342,6 +361,7 @@ pub async fn run(
         auth_failure_limit: config.auth_failure_limit,
         max_exports_per_token: config.max_exports_per_token,
         tls_config: tls.as_ref().map(|tls| Arc::clone(&tls.http)),
+        audit: audit.clone(),
         ..crate::http::HttpConfig::default()
     };
     let http = crate::http::serve_api(
@@ -374,8 +394,25 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = retention.await;
+    // The last outcomes (exports cut by the shutdown) made durable.
+    if let Some(audit) = &audit
+        && let Err(error) = audit.flush().await
+    {
+        tracing::error!(%error, "cannot flush the audit trail");
+    }
     http?;
     Ok(())
+}
+
+/// The audit trail in the data directory (with or without auth: exports
+/// are recorded either way); none without a data directory.
+fn open_audit(config: &ServeConfig) -> Result<Option<Arc<crate::audit::Audit>>, ServeError> {
+    let Some(dir) = &config.data_dir else {
+        return Ok(None);
+    };
+    let sink = crate::audit::FileAuditSink::open(dir, config.audit_rotate_bytes)?;
+    tracing::info!(dir = %sink.dir().display(), "audit trail on");
+    Ok(Some(crate::audit::Audit::start(Arc::new(sink))))
 }
 
 /// `/readyz` also asks whether the NATS consumer is connected, when there

@@ -20,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Actor, AuditEvent, SignInMethod, SignInOutcome, Via as AuditVia};
 use crate::auth::{Action, Authenticator, Principal, Unauthorized};
 
 use super::error::ApiError;
@@ -133,11 +134,28 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// [`Principal::unrestricted`]), refuses non-admins on admin routes, checks
 /// cookie-authenticated state changes for cross-site origin, and hands the
 /// [`Principal`] to the handler.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(audit) = state.audit.clone() else {
+        return guard(state, request, next).await;
+    };
+    // Refusals (401, 403, 429) go to the audit trail, whoever answered them.
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let client = super::audit::Client::of(request.extensions());
+    let mut response = guard(state, request, next).await;
+    let principal = response.extensions_mut().remove::<Principal>();
+    super::audit::record_refusal(
+        &audit,
+        &method,
+        &path,
+        client,
+        principal.as_ref(),
+        &response,
+    );
+    response
+}
+
+/// [`authenticate`] without the audit trail.
+async fn guard(state: AppState, mut request: Request, next: Next) -> Response {
     if is_open(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
@@ -180,7 +198,10 @@ pub async fn authenticate(
     };
     let path = request.uri().path();
     if ADMIN_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) && !principal.is_admin() {
-        return ApiError::Forbidden("this route needs an admin token".into()).into_response();
+        let mut response =
+            ApiError::Forbidden("this route needs an admin token".into()).into_response();
+        response.extensions_mut().insert(principal);
+        return response;
     }
     let cookie = session_cookie(request.headers()).map(|c| SessionId(c.to_owned()));
     let headers = request.headers_mut();
@@ -189,8 +210,23 @@ pub async fn authenticate(
     if let Some(cookie) = cookie {
         request.extensions_mut().insert(cookie);
     }
+    let refused_as = state.audit.is_some().then(|| principal.clone());
     request.extensions_mut().insert(principal);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    // Who was refused, for the audit trail (taken off again there).
+    if let Some(principal) = refused_as
+        && is_refusal(response.status())
+    {
+        response.extensions_mut().insert(principal);
+    }
+    response
+}
+
+fn is_refusal(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+    )
 }
 
 /// The client's address, when the server recorded it.
@@ -320,12 +356,26 @@ pub async fn sign_in(
         return Ok(Json(Me::of(&Principal::unrestricted(), false)).into_response());
     };
     let peer = peer_ip(&request);
+    let client = super::audit::Client::of(request.extensions());
+    // Failures are refusals: rate-limited in the audit trail.
+    let failed = |reason: &str| {
+        if let Some(audit) = &state.audit {
+            audit.refused(AuditEvent::SignIn {
+                actor: Actor::of(AuditVia::Http, None, client.0),
+                method: SignInMethod::Token,
+                outcome: SignInOutcome::Failed,
+                reason: Some(reason.to_owned()),
+            });
+        }
+    };
     if let Some(limiter) = &state.auth_failures
         && limiter.blocked(peer)
     {
+        failed("too many failed authentications from this address");
         return Err(ApiError::TooManyFailures);
     }
     if !same_origin(request.headers()) {
+        failed("cross-site sign-in");
         return Err(ApiError::Forbidden("cross-site sign-in refused".into()));
     }
     let body = axum::body::to_bytes(request.into_body(), 16 * 1024)
@@ -339,6 +389,14 @@ pub async fn sign_in(
     }
     match auth.open_session(token.trim()) {
         Ok((cookie, principal)) => {
+            if let Some(audit) = &state.audit {
+                audit.record(AuditEvent::SignIn {
+                    actor: Actor::of(AuditVia::Http, Some(&principal), client.0),
+                    method: SignInMethod::Token,
+                    outcome: SignInOutcome::Ok,
+                    reason: None,
+                });
+            }
             let mut response = Json(Me::of(&principal, true)).into_response();
             response.headers_mut().insert(
                 header::SET_COOKIE,
@@ -351,6 +409,7 @@ pub async fn sign_in(
             Ok(response)
         }
         Err(reason) => {
+            failed(&reason.to_string());
             if let Some(limiter) = &state.auth_failures {
                 limiter.failed(peer).await;
             }
@@ -469,6 +528,7 @@ pub fn document_security(document: &mut serde_json::Value) {
                     "description": "The dashboard's session (POST /api/v1/session). State-changing requests with it must be same-origin."}
     });
     document["security"] = json!([{"bearer": []}, {"session": []}]);
+    super::audit::document_audit(document);
     let paths = &mut document["paths"];
     paths["/api/v1/tokens"] = json!({
         "get": {"summary": "Every token (admin): id, name, scopes, created, expires, revoked, last used; never the secret",

@@ -61,6 +61,10 @@ pub enum ApiError {
     /// A named token does not exist: 404.
     #[error("no token with id {0:?}")]
     TokenNotFound(String),
+    /// The audit trail cannot be written (or read): 503. An export is
+    /// refused rather than streamed without its record.
+    #[error("the audit trail cannot be written: {0}")]
+    AuditUnavailable(String),
     /// The store failed. Rejected input is the client's fault (400); anything
     /// else is logged here once and answered as a generic 500.
     #[error(transparent)]
@@ -112,6 +116,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::TooManyFailures => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::TokenNotFound(_) => (StatusCode::NOT_FOUND, "token_not_found"),
+            ApiError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::Storage(StorageError::InvalidInput(_)) => {
                 (StatusCode::BAD_REQUEST, "invalid_input")
             }
@@ -143,10 +148,22 @@ impl IntoResponse for ApiError {
             status,
             Json(ErrorBody {
                 error: code,
-                message,
+                message: message.clone(),
             }),
         )
             .into_response();
+        if matches!(
+            self,
+            ApiError::Unauthorized(_)
+                | ApiError::Forbidden(_)
+                | ApiError::TooManyRequests
+                | ApiError::TooManyFailures
+        ) {
+            // What the audit trail records of a refusal.
+            response
+                .extensions_mut()
+                .insert(super::audit::Refusal(message.clone()));
+        }
         if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

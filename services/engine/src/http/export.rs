@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::audit::{Actor, Audit, AuditEvent, Outcome as AuditOutcome, Via};
 use crate::export::summary::{ExportSummary, summarize};
 use crate::export::{self, Encoding, ExportOptions, ExportRequest, content_disposition};
 
@@ -33,6 +34,7 @@ fn now_ms() -> i64 {
 pub async fn export(
     State(state): State<AppState>,
     caller: super::auth::Caller,
+    client: super::audit::Client,
     headers: HeaderMap,
     query: Result<Query<Pairs>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -53,6 +55,21 @@ pub async fn export(
         accept,
     };
     let started = export::open(&state.storage, request, options).await?;
+    // The start record is durable before the first byte leaves; without
+    // it, nothing leaves (dropping the body stops the export's work).
+    let audited = match &state.audit {
+        None => None,
+        Some(audit) => Some(
+            audit_start(
+                audit,
+                &caller.0,
+                client,
+                &pairs,
+                (&started.request, started.encoding, &started.rows),
+            )
+            .await?,
+        ),
+    };
     let request = &started.request;
     let (ascii, full) = request.file_name();
     let disposition = HeaderValue::from_str(&content_disposition(&ascii, &full))
@@ -78,7 +95,7 @@ pub async fn export(
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         Body::from_stream(futures_util::StreamExt::map(
-            hold(started.body, permit),
+            hold(started.body, permit, audited),
             move |chunk| {
                 // The token's slot is freed with the body, like the permit.
                 let _slot = &token_slot;
@@ -100,6 +117,56 @@ pub async fn export(
     Ok(response)
 }
 
+/// Writes an export's start record, durably; 503 when it cannot.
+async fn audit_start(
+    audit: &Arc<Audit>,
+    caller: &crate::auth::Principal,
+    client: super::audit::Client,
+    pairs: &Pairs,
+    (request, encoding, rows): (
+        &ExportRequest,
+        Option<Encoding>,
+        &Arc<std::sync::atomic::AtomicU64>,
+    ),
+) -> Result<ExportAudit, ApiError> {
+    let actor = Actor::of(Via::Http, Some(caller), client.0);
+    let event = AuditEvent::ExportStarted {
+        actor: actor.clone(),
+        sensors: request.sensors.iter().map(|s| s.to_string()).collect(),
+        start_ms: request.range.start_ms,
+        end_ms: request.range.end_ms,
+        format: request.format.name().to_owned(),
+        options: pairs
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "sensor_id" | "start_ts" | "end_ts"))
+            .cloned()
+            .collect(),
+        encoding: encoding.map(|e| e.name().to_owned()),
+    };
+    match audit.record_durable(event).await {
+        Ok(start_seq) => Ok(ExportAudit {
+            audit: Arc::clone(audit),
+            actor,
+            start_seq,
+            rows: Arc::clone(rows),
+        }),
+        Err(error) => {
+            tracing::error!(%error, "export refused: its audit record cannot be written");
+            Err(ApiError::AuditUnavailable(
+                "exports are refused until it can (see the server log)".into(),
+            ))
+        }
+    }
+}
+
+/// What an export's outcome record needs.
+struct ExportAudit {
+    audit: Arc<Audit>,
+    actor: Actor,
+    start_seq: u64,
+    rows: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// The summary handler: the same parameters, answered as JSON.
 pub async fn summary(
     State(state): State<AppState>,
@@ -115,7 +182,7 @@ pub async fn summary(
 /// Keeps `permit` alive exactly as long as the body stream, so the export
 /// slot is freed when the download ends or the client leaves (not when the
 /// headers leave), and logs once how the export ended.
-fn hold<S>(body: S, permit: OwnedSemaphorePermit) -> Guarded<S>
+fn hold<S>(body: S, permit: OwnedSemaphorePermit, audit: Option<ExportAudit>) -> Guarded<S>
 where
     S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
@@ -126,6 +193,7 @@ where
         started: std::time::Instant::now(),
         bytes: 0,
         outcome: Outcome::Left,
+        audit,
     }
 }
 
@@ -149,6 +217,8 @@ struct Guarded<S> {
     started: std::time::Instant,
     bytes: u64,
     outcome: Outcome,
+    /// Where the outcome is recorded (group-committed, not waited for).
+    audit: Option<ExportAudit>,
 }
 
 impl<S> futures_util::Stream for Guarded<S>
@@ -176,11 +246,26 @@ where
 
 impl<S> Drop for Guarded<S> {
     fn drop(&mut self) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
         tracing::info!(
             outcome = ?self.outcome,
             bytes = self.bytes,
-            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            elapsed_ms = duration_ms,
             "export ended"
         );
+        if let Some(audited) = self.audit.take() {
+            audited.audit.record(AuditEvent::ExportEnded {
+                actor: audited.actor,
+                start_seq: audited.start_seq,
+                outcome: match self.outcome {
+                    Outcome::Completed => AuditOutcome::Completed,
+                    Outcome::Failed => AuditOutcome::Failed,
+                    Outcome::Left => AuditOutcome::Aborted,
+                },
+                rows: audited.rows.load(std::sync::atomic::Ordering::Relaxed),
+                bytes: self.bytes,
+                duration_ms,
+            });
+        }
     }
 }

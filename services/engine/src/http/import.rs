@@ -17,6 +17,7 @@ use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use crate::audit::{Actor, Outcome, Via, WriteKind, WriteSession};
 use crate::csv_format::read_points;
 use crate::storage::StorageError;
 
@@ -37,19 +38,42 @@ pub struct ImportResult {
 pub async fn import(
     State(state): State<AppState>,
     caller: super::auth::Caller,
+    client: super::audit::Client,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     body: Body,
 ) -> Result<Json<ImportResult>, ApiError> {
     let Query(query) = query?;
     let sensor_id = params::sensor_id(query.get("sensor_id").map(String::as_str))?;
     caller.write(&sensor_id)?;
+    // Recorded when it ends; `aborted` if the client leaves mid-upload.
+    let mut session = WriteSession::start(
+        state.audit.as_ref(),
+        WriteKind::Import,
+        Actor::of(Via::Http, Some(&caller.0), client.0),
+    );
+    session.sensor(sensor_id.as_str());
+    let result = import_body(&state, &sensor_id, body).await;
+    match &result {
+        Ok(imported) => {
+            session.stored(imported.points);
+            session.finish(Outcome::Completed, None);
+        }
+        Err(error) => session.finish(Outcome::Failed, Some(error.to_string())),
+    }
+    result
+}
 
+async fn import_body(
+    state: &AppState,
+    sensor_id: &crate::model::SensorId,
+    body: Body,
+) -> Result<Json<ImportResult>, ApiError> {
     // The CSV reader is synchronous (the csv crate): it reads the body
     // through a bridge on a blocking thread, a couple of batches ahead.
     let breach = Arc::new(OnceLock::new());
     let body = Box::pin(bounded(body, state.import_limits, Arc::clone(&breach)));
     let batches = read_points(SyncIoBridge::new(StreamReader::new(body)));
-    let result = state.storage.import(&sensor_id, batches).await;
+    let result = state.storage.import(sensor_id, batches).await;
     // A broken bound surfaces in the CSV reader as a read error; answer
     // with what really happened.
     if let Some(error) = breach.get() {

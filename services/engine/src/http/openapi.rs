@@ -166,7 +166,7 @@ fn routes_document() -> Value {
       },
       "components": {"schemas": {
         "Error": {"type": "object", "required": ["error", "message"], "properties": {
-          "error": {"type": "string", "enum": ["invalid_parameter", "invalid_csv", "invalid_input", "sensor_not_found", "not_found", "method_not_allowed", "too_many_requests", "unavailable", "internal"]},
+          "error": {"type": "string", "enum": ["invalid_parameter", "invalid_csv", "invalid_input", "sensor_not_found", "not_found", "method_not_allowed", "too_many_requests", "unavailable", "audit_unavailable", "internal"]},
           "message": {"type": "string"}}},
         "ExportSummary": {"type": "object", "properties": {
           "rows": {"type": "integer"}, "rows_exact": {"type": "boolean", "description": "false for raw wide exports of several sensors: rows is then an upper bound"},

@@ -51,6 +51,11 @@ pub struct HttpConfig {
     /// TLS of every connection (`--tls-cert`/`--tls-key`); `None` serves
     /// plain HTTP. See [`HttpConfig::tls`].
     pub tls_config: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The audit trail exports, imports, token changes, sign-ins and
+    /// refusals are recorded in; `None` records nothing (tests of other
+    /// things). With it, an export whose start record cannot be made
+    /// durable is refused (503).
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 impl HttpConfig {
@@ -93,6 +98,7 @@ impl Default for HttpConfig {
             auth_failure_limit: 20,
             max_exports_per_token: 8,
             tls_config: None,
+            audit: None,
         }
     }
 }
@@ -119,6 +125,8 @@ pub struct AppState {
     /// The server speaks HTTPS only (`--tls-cert`): session cookies must
     /// then be set `Secure`, so a browser never sends them over plain HTTP.
     pub tls: bool,
+    /// See [`HttpConfig::audit`].
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// What an import may take: its size and how long its body may stall.
@@ -148,6 +156,7 @@ impl AppState {
             token_exports: Arc::default(),
             max_exports_per_token: config.max_exports_per_token.max(1),
             tls: config.tls(),
+            audit: config.audit.clone(),
         }
     }
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Actor, AuditEvent, Via};
 use crate::auth::{TokenError, TokenRecord, TokenStoreError};
 
 use super::auth::Caller;
@@ -91,7 +92,8 @@ pub async fn list(State(state): State<AppState>, _: Caller) -> Result<Response, 
 /// with the secret, shown once.
 pub async fn create(
     State(state): State<AppState>,
-    _: Caller,
+    Caller(caller): Caller,
+    client: super::audit::Client,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let auth = auth_of(&state)?;
@@ -108,6 +110,29 @@ pub async fn create(
             TokenError::Invalid(message) => ApiError::InvalidParameter(message),
             TokenError::Store(e) => store_error(e),
         })?;
+    // A token nobody can see was made is not made: without its record, it
+    // is revoked again and the request refused.
+    if let Some(audit) = &state.audit {
+        let record = &created.record;
+        let event = AuditEvent::TokenCreated {
+            actor: Actor::of(Via::Http, Some(&caller), client.0),
+            target_token_id: record.id.clone(),
+            target_name: record.name.clone(),
+            scopes: record.scopes.clone(),
+            expires_ms: record.expires_ms,
+        };
+        if let Err(error) = audit.record_durable(event).await {
+            tracing::error!(%error, token = %record.id, "token not created: its audit record cannot be written");
+            let now = jiff::Timestamp::now().as_millisecond();
+            auth.store()
+                .revoke(&record.id, now)
+                .await
+                .map_err(store_error)?;
+            return Err(ApiError::AuditUnavailable(
+                "the token was not created (see the server log)".into(),
+            ));
+        }
+    }
     auth.refresh().await.map_err(store_error)?;
     tracing::info!(token = %created.record.id, name = %created.record.name, "token created");
     Ok((
@@ -123,13 +148,26 @@ pub async fn create(
 /// `DELETE /api/v1/tokens/{id}`: revokes at once.
 pub async fn revoke(
     State(state): State<AppState>,
-    _: Caller,
+    Caller(caller): Caller,
+    client: super::audit::Client,
     Path(id): Path<String>,
 ) -> Result<Json<TokenJson>, ApiError> {
     let auth = auth_of(&state)?;
     let now = jiff::Timestamp::now().as_millisecond();
     let record = auth.store().revoke(&id, now).await.map_err(store_error)?;
     auth.refresh().await.map_err(store_error)?;
+    // A revocation is never held back by the audit trail: it applies
+    // first, and a failure to record it is logged.
+    if let Some(audit) = &state.audit {
+        let event = AuditEvent::TokenRevoked {
+            actor: Actor::of(Via::Http, Some(&caller), client.0),
+            target_token_id: record.id.clone(),
+            target_name: record.name.clone(),
+        };
+        if let Err(error) = audit.record_durable(event).await {
+            tracing::error!(%error, token = %record.id, "token revoked, but its audit record cannot be written");
+        }
+    }
     tracing::info!(token = %record.id, "token revoked");
     Ok(Json(TokenJson::of(record, None)))
 }
