@@ -437,10 +437,11 @@ pub async fn sign_in_link(State(state): State<AppState>, request: Request) -> Re
     {
         return see_other(LINK_BLOCKED);
     }
-    let outcome = match link_code(request.uri().query()) {
-        Some(code) => auth.redeem_sign_in_code(code),
-        None => Err(Unauthorized::Missing),
+    let Some(code) = link_code(request.uri().query()) else {
+        // No code: nothing was tried; the dashboard signs in otherwise.
+        return see_other("/");
     };
+    let outcome = auth.redeem_sign_in_code(code);
     link_sign_in_outcome(peer, outcome.as_ref().map(|(_, principal)| principal));
     match outcome {
         Ok((cookie, _)) => {
@@ -455,10 +456,8 @@ pub async fn sign_in_link(State(state): State<AppState>, request: Request) -> Re
             );
             response
         }
-        Err(reason) => {
-            if let Some(limiter) = &state.auth_failures
-                && reason != Unauthorized::Missing
-            {
+        Err(_) => {
+            if let Some(limiter) = &state.auth_failures {
                 limiter.failed(peer).await;
             }
             see_other(LINK_REFUSED)

@@ -43,5 +43,6 @@ mod binary;
 mod config;
 mod metrics;
 
-// Security (issue 9): tokens, scopes, sessions.
+// Security (issue 9): tokens, scopes, sessions; no secret in a log.
 mod auth;
+mod log_scan;

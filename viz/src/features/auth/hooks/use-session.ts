@@ -16,14 +16,18 @@ const LINK_NOTICES: Record<string, string> = {
   'too-many-attempts': 'Too many failed sign-ins from this address: wait a minute, then try again.',
 };
 
-/** Takes the engine's `?signin=` note out of the address bar, so a reload does not show it again. */
-function takeLinkNotice(): string | null {
+/** The engine's `?signin=` note (a failed one-time link), as a message. */
+function linkNotice(): string | null {
+  const why = new URL(window.location.href).searchParams.get('signin');
+  return why === null ? null : (LINK_NOTICES[why] ?? LINK_NOTICES['link-invalid']!);
+}
+
+/** Takes the note out of the address bar, so a reload does not show it again. */
+function dropLinkNotice(): void {
   const url = new URL(window.location.href);
-  const why = url.searchParams.get('signin');
-  if (why === null) return null;
+  if (!url.searchParams.has('signin')) return;
   url.searchParams.delete('signin');
   window.history.replaceState(window.history.state, '', url.pathname + url.search + url.hash);
-  return LINK_NOTICES[why] ?? LINK_NOTICES['link-invalid']!;
 }
 
 /**
@@ -32,18 +36,19 @@ function takeLinkNotice(): string | null {
  * ended elsewhere).
  */
 export function useSession() {
-  const [linkNotice] = useState(takeLinkNotice);
+  const [notice] = useState(linkNotice);
+  useEffect(dropLinkNotice, []);
   const [state, setState] = useState<SessionState>({ status: 'loading' });
   const [nonce, setNonce] = useState(0);
 
   useEffect(() => {
     const ctl = new AbortController();
     getSession(ctl.signal).then(
-      (session) => setState(session ? { status: 'signed-in', session } : { status: 'signed-out', notice: linkNotice }),
+      (session) => setState(session ? { status: 'signed-in', session } : { status: 'signed-out', notice }),
       (e: unknown) => !ctl.signal.aborted && setState({ status: 'error', error: errorMessage(e) }),
     );
     return () => ctl.abort();
-  }, [nonce, linkNotice]);
+  }, [nonce, notice]);
 
   useEffect(() => {
     const ended = () =>
