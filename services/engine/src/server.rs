@@ -493,7 +493,11 @@ fn print_sign_in_link(scheme: &str, addr: SocketAddr, code: &str, config: &Serve
         .as_deref()
         .map(admin_token_path)
         .unwrap_or_default();
-    println!(
+    // Not `println!`: a closed standard output (`engine serve | head`) must
+    // not stop the server.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout().lock(),
         "\n  Sign in to the dashboard with this one-time link (works once, within {minutes} minutes):\n\n      \
          {scheme}://{host}{}?code={code}\n\n  Later: sign in with the token in {}, or start again \
          with --signin-link for a new link.\n",

@@ -468,7 +468,10 @@ pub async fn sign_in_link(State(state): State<AppState>, request: Request) -> Re
 /// Every sign-in through a one-time link ends here, accepted or refused:
 /// the hook for the audit trail (issue 9 item 8). Names the token and the
 /// reason, never the code.
-fn link_sign_in_outcome(peer: Option<std::net::IpAddr>, outcome: Result<&Principal, &Unauthorized>) {
+fn link_sign_in_outcome(
+    peer: Option<std::net::IpAddr>,
+    outcome: Result<&Principal, &Unauthorized>,
+) {
     match outcome {
         Ok(principal) => tracing::info!(
             token = principal.token_id.as_deref().unwrap_or("-"),
