@@ -9,7 +9,7 @@ const engine = process.env.ENGINE_URL ?? 'http://127.0.0.1:8080';
 export default defineConfig({
   resolve: { alias: { '@': fileURLToPath(new URL('./src', import.meta.url)) } },
   build: { outDir: 'dist', sourcemap: false, chunkSizeWarningLimit: 400 },
-  server: { proxy: { '/api': engine, '/healthz': engine } },
+  server: { proxy: { '/api': engine, '/healthz': engine, '/signin': engine } },
   test: {
     environment: 'jsdom',
     include: ['src/**/*.test.{ts,tsx}'],

@@ -6,10 +6,15 @@
 // prints `N passed, N failed, N skipped` and exits non-zero on any failure.
 //
 // Env: ENGINE_BIN (required), CHROMIUM (default /usr/bin/chromium),
-// FIRST_CHART_BUDGET_MS (default 1000), E2E_OUT (screenshots, default e2e/out).
+// FIRST_CHART_BUDGET_MS (default 1000), E2E_OUT (screenshots, default e2e/out),
+// ENGINE_LOG_DIR (where the engine's log goes, for scripts/test's scan for secrets).
+//
+// Auth is on, as for a user: the engine's first start prints a one-time sign-in
+// link, which the browser follows; requests made from here carry the admin token
+// of DATA_DIR/auth/admin-token.
 
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -96,30 +101,46 @@ function freePort() {
   });
 }
 
+const LINK = /https?:\/\/\S+\/signin\?code=stsi_[0-9a-f]{64}/;
+
+/**
+ * `engine serve` with auth on (its default) on a free port. Resolves once it
+ * answers /healthz and has printed its one-time sign-in link (standard output);
+ * the log (standard error) goes to ENGINE_LOG_DIR when set.
+ */
 async function startEngine(dataDir) {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const proc = spawn(ENGINE_BIN, ['serve', '--no-auth', '--data-dir', dataDir, '--http-addr', `127.0.0.1:${port}`, '--web-dir', DIST], {
+  const proc = spawn(ENGINE_BIN, ['serve', '--data-dir', dataDir, '--http-addr', `127.0.0.1:${port}`, '--web-dir', DIST], {
     stdio: ['ignore', 'pipe', 'pipe'],
     // gRPC on a free port too, so a developer's running engine does not collide; no NATS.
-    env: Object.fromEntries(Object.entries({ ...process.env, ENGINE_GRPC_ADDR: '127.0.0.1:0' }).filter(([k]) => k !== 'ENGINE_NATS_URL')),
+    env: Object.fromEntries(Object.entries({ ...process.env, ENGINE_GRPC_ADDR: '127.0.0.1:0', RUST_LOG: 'info' }).filter(([k]) => k !== 'ENGINE_NATS_URL')),
   });
   let log = '';
-  proc.stdout.on('data', (d) => (log += d));
-  proc.stderr.on('data', (d) => (log += d));
+  let stdout = '';
+  const file = process.env.ENGINE_LOG_DIR ? join(process.env.ENGINE_LOG_DIR, 'viz-e2e-engine.log') : null;
+  if (file) mkdirSync(process.env.ENGINE_LOG_DIR, { recursive: true });
+  const sink = file ? createWriteStream(file) : null;
+  proc.stdout.on('data', (d) => (stdout += d));
+  proc.stderr.on('data', (d) => {
+    log += d;
+    sink?.write(d);
+  });
+  proc.once('exit', () => sink?.end());
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
     if (proc.exitCode !== null) throw new Error(`engine serve exited ${proc.exitCode}: ${log.slice(-2000)}`);
     try {
       const r = await fetch(`${base}/healthz`);
-      if (r.ok) return { proc, base, log: () => log };
+      const link = stdout.match(LINK)?.[0];
+      if (r.ok && link) return { proc, base, link, log: () => log, stdout: () => stdout };
     } catch {
       /* not up yet */
     }
     await new Promise((r) => setTimeout(r, 100));
   }
   proc.kill();
-  throw new Error(`engine serve did not answer /healthz in 30 s: ${log.slice(-2000)}`);
+  throw new Error(`engine serve did not answer /healthz and print a sign-in link in 30 s: ${log.slice(-2000)}`);
 }
 
 // ---------------------------------------------------------------- harness
@@ -228,7 +249,10 @@ async function main() {
     console.log(`imported ${SMALL_POINTS.length + BIG_N + 1} points in ${Date.now() - t} ms`);
     engine = await startEngine(dataDir);
     console.log(`engine at ${engine.base}`);
-    const api = await fetch(`${engine.base}/api/v1/sensors`);
+    const admin = readFileSync(join(dataDir, 'auth', 'admin-token'), 'utf8').trim();
+    const bearer = { Authorization: `Bearer ${admin}` };
+    assert(!engine.log().includes(admin), 'the admin secret is in the engine log');
+    const api = await fetch(`${engine.base}/api/v1/sensors`, { headers: bearer });
     if (!api.ok || !(api.headers.get('content-type') ?? '').includes('json')) {
       throw new Error(`${ENGINE_BIN} answers /api/v1/sensors with HTTP ${api.status}: was it built from a branch without the HTTP API?`);
     }
@@ -253,6 +277,36 @@ async function main() {
 
     const from = T0 + 10 * 60_000;
     const to = T0 + 50 * 60_000;
+    const exportPath = `/api/v1/export?sensor_id=${encodeURIComponent(SMALL)}&start_ts=${from}&end_ts=${to}`;
+
+    await test('the one-time link signs in, leaves nothing reusable in the URL, and fails the second time', async () => {
+      const link = new URL(engine.link);
+      eq(link.origin, engine.base, 'the printed link names the listener');
+      const before = await page.request.get(exportPath);
+      eq(before.status(), 401, 'export before signing in');
+      await page.goto(engine.link);
+      eq(page.url(), `${engine.base}/`, 'redirected to the dashboard, no code in the address bar');
+      eq(await page.evaluate(() => history.length), 2, 'history: the blank page and the dashboard only');
+      eq((await page.getByTestId('signed-in-as').textContent()), 'admin (first start)', 'who is signed in');
+      const cookies = await context.cookies();
+      eq(cookies.length, 1, 'one cookie');
+      const [cookie] = cookies;
+      assert(cookie.httpOnly && cookie.sameSite === 'Strict' && cookie.expires > Date.now() / 1000, `session cookie flags: ${JSON.stringify({ ...cookie, value: '…' })}`);
+      assert(!cookie.value.includes(link.searchParams.get('code')) && !cookie.value.startsWith('stse_'), 'the cookie is neither the code nor a token');
+      await page.screenshot({ path: join(OUT, 'signed-in.png') });
+      // A second use, in a browser without the session: the sign-in page, no cookie.
+      const other = await browser.newContext({ baseURL: engine.base });
+      const again = await other.newPage();
+      await again.goto(engine.link);
+      await again.getByLabel('Token').waitFor();
+      assert(/already used, has expired/.test(await again.getByRole('status').first().textContent()), 'says the link is spent');
+      eq(new URL(again.url()).search, '', 'the note leaves the address bar too');
+      eq((await other.cookies()).length, 0, 'no cookie for a used link');
+      await again.screenshot({ path: join(OUT, 'link-used.png') });
+      eq((await again.request.get(exportPath)).status(), 401, 'export without a session');
+      await other.close();
+      assert(!engine.log().includes(link.searchParams.get('code')), 'the code is in the engine log');
+    });
 
     await test('a link /?sensor=&from=&to= shows exactly that sensor and range', async () => {
       await page.goto(link(SMALL, from, to));
@@ -407,7 +461,7 @@ async function main() {
     });
 
     await test('Live: pushed points appear within a second, without refetching the range', async () => {
-      const probe = await fetch(`${engine.base}/api/v1/live?sensor_id=${encodeURIComponent(LIVE)}`, { signal: AbortSignal.timeout(3000) }).catch(() => null);
+      const probe = await fetch(`${engine.base}/api/v1/live?sensor_id=${encodeURIComponent(LIVE)}`, { headers: bearer, signal: AbortSignal.timeout(3000) }).catch(() => null);
       const isStream = probe?.ok && probe.headers.get('content-type')?.startsWith('text/event-stream');
       await probe?.body?.cancel().catch(() => {});
       assert(isStream, `GET /api/v1/live is not an event stream: ${probe ? `HTTP ${probe.status}, ${probe.headers.get('content-type')}` : 'no answer in 3 s'}`);
@@ -422,7 +476,7 @@ async function main() {
       const t = Date.now();
       const res = await fetch(`${engine.base}/api/v1/import?sensor_id=${encodeURIComponent(LIVE)}`, {
         method: 'POST',
-        headers: { 'Content-Type': 'text/csv' },
+        headers: { 'Content-Type': 'text/csv', ...bearer },
         body: csvOf([[Date.now(), 42, 192]]),
       });
       assert(res.ok, `import answered ${res.status}`);
@@ -512,6 +566,40 @@ async function main() {
       const expected = (e) => /status of 404 \(Not Found\)/.test(e.text) && unknownSensorRequest(e.url);
       const unexpected = consoleErrors.filter((e) => !expected(e));
       assert(unexpected.length === 0, unexpected.map((e) => `${e.text} (${e.url || 'no URL'})`).join('\n'));
+    });
+
+    await test('a read-only token (engine token create --scope read:**) sees the chart but cannot export', async () => {
+      const created = await run(ENGINE_BIN, ['token', 'create', '--data-dir', dataDir, '--name', 'viewer', '--scope', 'read:**']);
+      // run() mixes standard output and error: the secret is the one token-shaped word.
+      const secret = created.match(/stse_[0-9a-f]{64}_[0-9a-f]{8}/)?.[0];
+      assert(secret, 'token create printed a secret');
+      const viewer = await browser.newContext({ baseURL: engine.base, acceptDownloads: true, timezoneId: ZONE, locale: 'en-GB', viewport: { width: 1440, height: 860 } });
+      const p = await viewer.newPage();
+      await p.goto(link(SMALL, from, to));
+      await p.getByLabel('Token').fill(secret);
+      await p.getByRole('button', { name: 'Sign in' }).click();
+      eq(await p.getByTestId('signed-in-as').textContent(), 'viewer', 'signed in as');
+      await waitForChart(p);
+      eq(await p.getByTestId('raw-count').textContent(), '2,400', 'the chart of the range');
+      const exportButton = p.getByRole('button', { name: 'Export CSV' });
+      assert(await exportButton.isDisabled(), '"Export CSV" disabled');
+      assert(await p.getByRole('button', { name: 'Export…' }).isDisabled(), '"Export…" disabled');
+      const reason = await p.getByTestId('export-blocked').textContent();
+      assert(reason.includes('“viewer” may not export'), `the reason is shown: ${reason}`);
+      await p.screenshot({ path: join(OUT, 'read-only.png') });
+      eq((await p.request.get(exportPath)).status(), 403, 'the export URL with its session');
+      await viewer.close();
+    });
+
+    await test('after sign-out the export URL answers 401', async () => {
+      await page.goto(link(SMALL, from, to));
+      await waitForChart(page);
+      eq((await page.request.get(exportPath)).status(), 200, 'the export URL with the cookie alone');
+      await page.getByRole('button', { name: 'Sign out' }).click();
+      await page.getByLabel('Token').waitFor();
+      eq((await context.cookies()).length, 0, 'cookie cleared');
+      eq((await page.request.get(exportPath)).status(), 401, 'export after sign-out');
+      await page.screenshot({ path: join(OUT, 'signed-out.png') });
     });
 
     console.log(`measured: bundle ${bundle.js.toFixed(1)} KB JS gzipped; first chart at worst ${Number.isNaN(firstChart) ? 'n/a' : firstChart.toFixed(0) + ' ms'} after navigation (${BIG_N.toLocaleString('en-US')}-point range)`);

@@ -32,6 +32,13 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 const LAST_USED_FLUSH: Duration = Duration::from_secs(5);
 /// How long a browser session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// How long a one-time sign-in link ([`Authenticator::issue_sign_in_code`])
+/// stays valid: long enough to click it, short enough that a copy found
+/// later in a terminal's scrollback is worthless.
+pub const SIGN_IN_CODE_TTL: Duration = Duration::from_secs(10 * 60);
+/// The prefix of a one-time sign-in code (not a token: it cannot be used as
+/// a bearer secret), so a scan of logs can look for leaked ones.
+pub const SIGN_IN_CODE_PREFIX: &str = "stsi_";
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -121,6 +128,9 @@ pub struct Authenticator {
     uses: Mutex<HashMap<Arc<str>, i64>>,
     /// Browser sessions by the SHA-256 of the cookie.
     sessions: Mutex<HashMap<SecretHash, Session>>,
+    /// One-time sign-in codes by their SHA-256: in memory only, removed at
+    /// their first use (or after [`SIGN_IN_CODE_TTL`]).
+    sign_in_codes: Mutex<HashMap<SecretHash, Session>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -194,6 +204,7 @@ impl Authenticator {
             stamp: Mutex::new(None),
             uses: Mutex::default(),
             sessions: Mutex::default(),
+            sign_in_codes: Mutex::default(),
         });
         auth.refresh().await?;
         Ok(auth)
@@ -291,6 +302,11 @@ impl Authenticator {
     /// at sign-out, or as soon as its token is revoked or expires.
     pub fn open_session(&self, secret: &str) -> Result<(String, Principal), Unauthorized> {
         let principal = self.authenticate(secret)?;
+        Ok((self.new_session(secret::hash(secret)), principal))
+    }
+
+    /// A new session cookie for the token with hash `token_hash`.
+    fn new_session(&self, token_hash: SecretHash) -> String {
         let cookie = secret::hex(&secret::random_bytes::<32>());
         let now = now_ms();
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -298,11 +314,56 @@ impl Authenticator {
         sessions.insert(
             secret::hash(&cookie),
             Session {
-                token_hash: secret::hash(secret),
+                token_hash,
                 expires_ms: now + SESSION_TTL.as_millis() as i64,
             },
         );
-        Ok((cookie, principal))
+        cookie
+    }
+
+    /// A one-time sign-in code for the token `secret` (the first-start
+    /// admin token): [`SIGN_IN_CODE_PREFIX`] + 256 random bits, not the
+    /// token. It is kept only as its hash, in memory, and works once, within
+    /// [`SIGN_IN_CODE_TTL`] ([`Authenticator::redeem_sign_in_code`]).
+    pub fn issue_sign_in_code(&self, secret: &str) -> Result<String, Unauthorized> {
+        self.authenticate(secret)?;
+        let code = format!(
+            "{SIGN_IN_CODE_PREFIX}{}",
+            secret::hex(&secret::random_bytes::<32>())
+        );
+        let now = now_ms();
+        let mut codes = self.sign_in_codes.lock().unwrap_or_else(|e| e.into_inner());
+        codes.retain(|_, c| c.expires_ms > now);
+        codes.insert(
+            secret::hash(&code),
+            Session {
+                token_hash: secret::hash(secret),
+                expires_ms: now + SIGN_IN_CODE_TTL.as_millis() as i64,
+            },
+        );
+        Ok(code)
+    }
+
+    /// Exchanges a one-time sign-in code for a session (cookie, principal).
+    /// The code is gone after this call whatever its outcome: a second use
+    /// is `Unknown`, a late one `Expired`; the session ends with its token
+    /// like any other.
+    pub fn redeem_sign_in_code(&self, code: &str) -> Result<(String, Principal), Unauthorized> {
+        if code.len() != SIGN_IN_CODE_PREFIX.len() + 64 || !code.starts_with(SIGN_IN_CODE_PREFIX) {
+            return Err(Unauthorized::Malformed);
+        }
+        let now = now_ms();
+        let issued = self
+            .sign_in_codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&secret::hash(code))
+            .ok_or(Unauthorized::Unknown)?;
+        if issued.expires_ms <= now {
+            return Err(Unauthorized::Expired);
+        }
+        let principal = self.check_hash(&issued.token_hash, now)?;
+        Ok((self.new_session(issued.token_hash), principal))
     }
 
     /// [`Authenticator::authenticate`], but an unknown secret makes the
@@ -465,5 +526,42 @@ mod tests {
         assert_eq!(auth.session(&cookie).unwrap_err(), Unauthorized::Unknown);
         auth.flush_uses().await.unwrap();
         assert!(store.last_used().await.unwrap().contains_key(&a.record.id));
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_code_works_once_and_not_late() {
+        let (_dir, auth) = setup().await;
+        let admin = create_token(&**auth.store(), "admin", &["admin".into()], None)
+            .await
+            .unwrap();
+        auth.refresh().await.unwrap();
+        let code = auth.issue_sign_in_code(&admin.secret).unwrap();
+        assert!(code.starts_with(SIGN_IN_CODE_PREFIX) && !code.contains(&admin.secret));
+        assert_eq!(
+            auth.redeem_sign_in_code("nonsense").unwrap_err(),
+            Unauthorized::Malformed
+        );
+        let (cookie, who) = auth.redeem_sign_in_code(&code).unwrap();
+        assert!(who.is_admin());
+        assert_eq!(&*auth.session(&cookie).unwrap().name, "admin");
+        assert_eq!(
+            auth.redeem_sign_in_code(&code).unwrap_err(),
+            Unauthorized::Unknown
+        );
+        // A code past its time is refused (and gone).
+        let late = auth.issue_sign_in_code(&admin.secret).unwrap();
+        for issued in auth.sign_in_codes.lock().unwrap().values_mut() {
+            issued.expires_ms = now_ms() - 1;
+        }
+        assert_eq!(
+            auth.redeem_sign_in_code(&late).unwrap_err(),
+            Unauthorized::Expired
+        );
+        assert_eq!(
+            auth.redeem_sign_in_code(&late).unwrap_err(),
+            Unauthorized::Unknown
+        );
+        // No code for a secret that is not a token.
+        assert!(auth.issue_sign_in_code(&secret::generate()).is_err());
     }
 }

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 use tower_http::services::{ServeDir, ServeFile};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::storage::SharedStorage;
@@ -154,6 +154,8 @@ pub fn route_specs() -> Vec<RouteSpec> {
         // Counts and durations only, never a sensor id (see crate::metrics):
         // open like the probes, so Prometheus scrapes it without a secret.
         spec(Method::GET, "/metrics", Open),
+        // The one-time sign-in link: its code is the credential.
+        spec(Method::GET, auth::SIGN_IN_LINK_PATH, Open),
         spec(
             Method::GET,
             crate::live::LIVE_PATH,
@@ -229,6 +231,7 @@ pub fn router_with(state: AppState, dashboard: Dashboard<'_>, extra: Router) -> 
         .route("/readyz", get(health::readyz))
         // Prometheus scrapes it; open (see route_specs).
         .route("/metrics", get(crate::metrics::render))
+        .route(auth::SIGN_IN_LINK_PATH, get(auth::sign_in_link))
         .nest("/api/v1", api);
     match dashboard {
         Dashboard::None => {}
@@ -243,9 +246,9 @@ pub fn router_with(state: AppState, dashboard: Dashboard<'_>, extra: Router) -> 
             app = app.fallback(axum::handler::Handler::layer(web::serve, compress));
         }
     }
-    // One span per request (method, path, version) and one line per
-    // response (status, latency to the headers); exports add their own line
-    // when the body ends.
+    // One span per request (method, URI without secrets, version) and one
+    // line per response (status, latency to the headers); exports add their
+    // own line when the body ends.
     app.with_state(state.clone())
         .merge(extra)
         .layer(axum::middleware::from_fn_with_state(
@@ -254,9 +257,43 @@ pub fn router_with(state: AppState, dashboard: Dashboard<'_>, extra: Router) -> 
         ))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        uri = %loggable_uri(request.uri()),
+                        version = ?request.version(),
+                    )
+                })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+}
+
+/// Query parameters whose values never reach the log: the one-time
+/// sign-in code, and a token someone put in a URL by mistake.
+const SECRET_PARAMS: &[&str] = &["code", "token", "access_token", "secret"];
+
+/// The URI as the request log shows it: the values of [`SECRET_PARAMS`],
+/// and any value that looks like a token, are replaced by `[redacted]`.
+pub fn loggable_uri(uri: &Uri) -> std::borrow::Cow<'_, str> {
+    let Some(query) = uri.query() else {
+        return std::borrow::Cow::Borrowed(uri.path());
+    };
+    let secret = |pair: &str| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        SECRET_PARAMS.contains(&name) || value.contains(crate::auth::secret::PREFIX)
+    };
+    if !query.split('&').any(secret) {
+        return std::borrow::Cow::Owned(uri.to_string());
+    }
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret(pair) => format!("{name}=[redacted]"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    std::borrow::Cow::Owned(format!("{}?{}", uri.path(), query.join("&")))
 }
 
 async fn api_not_found(uri: Uri) -> ApiError {
@@ -416,4 +453,27 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_log_shows_no_code_and_no_token() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        assert_eq!(loggable_uri(&uri("/healthz")), "/healthz");
+        assert_eq!(
+            loggable_uri(&uri("/api/v1/series?sensor_id=a%2Fb&max_points=10")),
+            "/api/v1/series?sensor_id=a%2Fb&max_points=10"
+        );
+        assert_eq!(
+            loggable_uri(&uri("/signin?code=stsi_00ff")),
+            "/signin?code=[redacted]"
+        );
+        assert_eq!(
+            loggable_uri(&uri("/api/v1/sensors?x=1&token=abc&y=stse_12")),
+            "/api/v1/sensors?x=1&token=[redacted]&y=[redacted]"
+        );
+    }
 }

@@ -169,6 +169,13 @@ pub struct ServeConfig {
     /// loopback address.
     #[arg(long, env = "ENGINE_NO_AUTH")]
     pub no_auth: bool,
+    /// Print a one-time sign-in link for the dashboard at this start too,
+    /// not only at the first one: it signs in as the admin token whose
+    /// secret is in `DATA_DIR/auth/admin-token`, once, within 10 minutes.
+    /// For an operator at the server's console (`scripts/run` sets it);
+    /// leave it off where standard output goes to a shared log.
+    #[arg(long, env = "ENGINE_SIGNIN_LINK")]
+    pub signin_link: bool,
     /// The data directory: where the tokens (`auth/`) live. Set by the
     /// command line from `--data-dir`, not a flag of its own.
     #[arg(skip)]
@@ -253,7 +260,7 @@ pub async fn run(
         config.tls_cert.as_deref(),
         config.tls_key.as_deref(),
     )?;
-    let auth = open_auth(&config).await?;
+    let (auth, sign_in_code) = open_auth(&config).await?;
     let audit = open_audit(&config)?;
     let listener = bind(config.http_addr).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -262,6 +269,9 @@ pub async fn run(
         url = %format!("{scheme}://{}", listener.local_addr()?),
         "HTTP listening"
     );
+    if let Some(code) = sign_in_code {
+        print_sign_in_link(scheme, listener.local_addr()?, &code, &config);
+    }
     let grpc_listener = bind(config.grpc_addr).await?;
 
     // One signal fanned out to every component. The hub closes first so
@@ -438,12 +448,14 @@ fn nats_readiness(
 }
 
 /// The tokens requests are checked against, or `None` with `--no-auth`
-/// (refused unless every listener is on loopback). On the first start of a
-/// data directory without tokens, creates an admin token and writes it to
-/// `auth/admin-token` (owner-only): the secret never goes to the log.
+/// (refused unless every listener is on loopback), and a one-time sign-in
+/// code to print. On the first start of a data directory without tokens,
+/// creates an admin token and writes it to `auth/admin-token`
+/// (owner-only): the secret never goes to the log; the code is for that
+/// token, and is made again at later starts with `--signin-link`.
 async fn open_auth(
     config: &ServeConfig,
-) -> Result<Option<Arc<crate::auth::Authenticator>>, ServeError> {
+) -> Result<(Option<Arc<crate::auth::Authenticator>>, Option<String>), ServeError> {
     use crate::auth::{Authenticator, FileTokenStore, TokenStore};
     if config.no_auth {
         let exposed: Vec<String> = [config.http_addr, config.grpc_addr]
@@ -460,19 +472,20 @@ async fn open_auth(
             )));
         }
         tracing::warn!("authentication is off (--no-auth): loopback listeners only");
-        return Ok(None);
+        return Ok((None, None));
     }
     let dir = config.data_dir.clone().ok_or_else(|| {
         ServeError::Config("authentication needs a data directory for its tokens".into())
     })?;
     let store: Arc<dyn TokenStore> = Arc::new(FileTokenStore::open(&dir)?);
     let auth = Authenticator::load(Arc::clone(&store)).await?;
+    let path = admin_token_path(&dir);
+    let mut code = None;
     if auth.is_empty() {
         let created =
             crate::auth::create_token(&*store, "admin (first start)", &["admin".into()], None)
                 .await
                 .map_err(|e| ServeError::Config(e.to_string()))?;
-        let path = dir.join("auth").join("admin-token");
         crate::auth::store::write_atomically(&path, format!("{}\n", created.secret).as_bytes())?;
         auth.refresh().await?;
         tracing::info!(
@@ -480,9 +493,60 @@ async fn open_auth(
             file = %path.display(),
             "first start: created an admin token; its secret is in the file (owner-only)"
         );
+        code = auth.issue_sign_in_code(&created.secret).ok();
+    } else if config.signin_link {
+        let secret = std::fs::read_to_string(&path).unwrap_or_default();
+        match auth.issue_sign_in_code(secret.trim()) {
+            Ok(issued) => code = Some(issued),
+            Err(reason) => tracing::warn!(
+                file = %path.display(),
+                %reason,
+                "--signin-link: no link, the first-start admin token is not usable; \
+                 sign in with a token of `engine token create`"
+            ),
+        }
     }
     tracing::info!(tokens = auth.len(), "authentication on");
-    Ok(Some(auth))
+    Ok((Some(auth), code))
+}
+
+/// Where the first start keeps the admin token's secret (owner-only).
+fn admin_token_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("auth").join("admin-token")
+}
+
+/// Prints the one-time sign-in link on standard output, apart from the log
+/// (standard error): the printed line is the only place the code appears.
+/// An address on every interface is shown as loopback, which works from
+/// the server's own console.
+fn print_sign_in_link(scheme: &str, addr: SocketAddr, code: &str, config: &ServeConfig) {
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    };
+    let minutes = crate::auth::SIGN_IN_CODE_TTL.as_secs() / 60;
+    let file = config
+        .data_dir
+        .as_deref()
+        .map(admin_token_path)
+        .unwrap_or_default();
+    // Not `println!`: a closed standard output (`engine serve | head`) must
+    // not stop the server.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout().lock(),
+        "\n  Sign in to the dashboard with this one-time link (works once, within {minutes} minutes):\n\n      \
+         {scheme}://{host}{}?code={code}\n\n  Later: sign in with the token in {}, or start again \
+         with --signin-link for a new link.\n",
+        crate::http::auth::SIGN_IN_LINK_PATH,
+        file.display()
+    );
+    tracing::info!("a one-time sign-in link was printed on standard output");
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {

@@ -51,6 +51,17 @@ export async function toApiError(res: Response): Promise<ApiError> {
   return new ApiError(res.status, code, message);
 }
 
+/**
+ * Fired on `window` whenever the engine answers 401: the session ended (signed out
+ * elsewhere, token revoked or expired). The app shows its sign-in page again.
+ */
+export const UNAUTHORIZED_EVENT = 'engine:unauthorized';
+
+/** Tells the app that the engine no longer accepts this browser's session. */
+export function reportUnauthorized(): void {
+  window.dispatchEvent(new Event(UNAUTHORIZED_EVENT));
+}
+
 export async function apiGet<T>(path: string, params: QueryParams = {}, signal?: AbortSignal): Promise<T> {
   let res: Response;
   try {
@@ -59,7 +70,10 @@ export async function apiGet<T>(path: string, params: QueryParams = {}, signal?:
     if (e instanceof DOMException && e.name === 'AbortError') throw e;
     throw new ApiError(0, 'network', 'Cannot reach the engine. Is `engine serve` running?');
   }
-  if (!res.ok) throw await toApiError(res);
+  if (!res.ok) {
+    if (res.status === 401) reportUnauthorized();
+    throw await toApiError(res);
+  }
   return (await res.json()) as T;
 }
 

@@ -444,6 +444,130 @@ pub async fn sign_out(
     response
 }
 
+// ---- one-time sign-in links: GET /signin?code= ----
+
+/// The path of the one-time sign-in link `engine serve` prints
+/// (`http://127.0.0.1:8080/signin?code=stsi_...`).
+pub const SIGN_IN_LINK_PATH: &str = "/signin";
+
+/// Where a refused link lands: the dashboard, whose sign-in page reads this
+/// parameter and says why (no cookie is set).
+pub const LINK_REFUSED: &str = "/?signin=link-invalid";
+/// Where a link lands when its address failed too often lately.
+pub const LINK_BLOCKED: &str = "/?signin=too-many-attempts";
+
+/// A redirect that no cache keeps and that sends no `Referer` onwards, so
+/// the code of the address it answers goes nowhere else.
+fn see_other(location: &'static str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, HeaderValue::from_static(location));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// The `code` of `/signin?code=...`, as sent (codes are hex, never encoded).
+fn link_code(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("code="))
+        .filter(|code| !code.is_empty())
+}
+
+/// `GET /signin?code=...`: exchanges a one-time sign-in code (printed by
+/// `engine serve`, see [`crate::auth::Authenticator::issue_sign_in_code`])
+/// for a session cookie and answers 303 to `/`, so nothing reusable stays
+/// in the address bar or the history: the code works once, for minutes.
+/// A used, expired or unknown code lands on the dashboard's sign-in page
+/// ([`LINK_REFUSED`]) without a cookie. The request log never shows the
+/// query of this path (see `crate::http::loggable_uri`).
+pub async fn sign_in_link(State(state): State<AppState>, request: Request) -> Response {
+    let Some(auth) = state.auth.clone() else {
+        // Auth off: there is nothing to sign in to.
+        return see_other("/");
+    };
+    let peer = peer_ip(&request);
+    if let Some(limiter) = &state.auth_failures
+        && limiter.blocked(peer)
+    {
+        return see_other(LINK_BLOCKED);
+    }
+    let Some(code) = link_code(request.uri().query()) else {
+        // No code: nothing was tried; the dashboard signs in otherwise.
+        return see_other("/");
+    };
+    let outcome = auth.redeem_sign_in_code(code);
+    let client = super::audit::Client::of(request.extensions());
+    link_sign_in_outcome(
+        &state,
+        client.0,
+        outcome.as_ref().map(|(_, principal)| principal),
+    );
+    match outcome {
+        Ok((cookie, _)) => {
+            let mut response = see_other("/");
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                session_set_cookie(
+                    &cookie,
+                    crate::auth::SESSION_TTL.as_secs(),
+                    state.secure_cookies,
+                ),
+            );
+            response
+        }
+        Err(_) => {
+            if let Some(limiter) = &state.auth_failures {
+                limiter.failed(peer).await;
+            }
+            see_other(LINK_REFUSED)
+        }
+    }
+}
+
+/// Every sign-in through a one-time link ends here, accepted or refused:
+/// logged and recorded in the audit trail (a refusal rate-limited there),
+/// with the token and the reason, never the code.
+fn link_sign_in_outcome(
+    state: &AppState,
+    client: Option<std::net::SocketAddr>,
+    outcome: Result<&Principal, &Unauthorized>,
+) {
+    match outcome {
+        Ok(principal) => {
+            tracing::info!(
+                token = principal.token_id.as_deref().unwrap_or("-"),
+                name = %principal.name,
+                client = ?client,
+                "signed in with a one-time link"
+            );
+            if let Some(audit) = &state.audit {
+                audit.record(AuditEvent::SignIn {
+                    actor: Actor::of(AuditVia::Http, Some(principal), client),
+                    method: SignInMethod::Link,
+                    outcome: SignInOutcome::Ok,
+                    reason: None,
+                });
+            }
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, client = ?client, "one-time sign-in link refused");
+            if let Some(audit) = &state.audit {
+                audit.refused(AuditEvent::SignIn {
+                    actor: Actor::of(AuditVia::Http, None, client),
+                    method: SignInMethod::Link,
+                    outcome: SignInOutcome::Failed,
+                    reason: Some(reason.to_string()),
+                });
+            }
+        }
+    }
+}
+
 /// The session cookie of a request, kept by the middleware for sign-out.
 #[derive(Clone)]
 pub struct SessionId(pub String);

@@ -241,6 +241,8 @@ fn example(method: &Method, path: &str) -> Option<(String, Option<(&'static str,
         ("POST", "/api/v1/session") => ("/api/v1/session".into(), json(r#"{"token":"x"}"#)),
         ("GET", "/api/v1/session") => ("/api/v1/session".into(), None),
         ("DELETE", "/api/v1/session") => ("/api/v1/session".into(), None),
+        // An unknown one-time code: the sign-in page (303), never a cookie.
+        ("GET", "/signin") => (format!("/signin?code=stsi_{}", "0".repeat(64)), None),
         _ => return None,
     })
 }
@@ -272,7 +274,12 @@ async fn every_http_route_answers_every_kind_of_credentials_as_documented() {
     tokio::time::sleep(Duration::from_millis(5)).await; // the expired one expires
     // The matrix fails on purpose more often than the default allows.
     let server = AuthServer::start(dir.path(), &["--auth-failure-limit", "100000"]).await;
-    let http = client();
+    // Redirects are answers too (the sign-in link's 303).
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let store = FileTokenStore::open(dir.path()).unwrap();
     let specs = engine::http::route_specs();
     assert!(specs.len() >= 17, "{specs:?}");
@@ -308,6 +315,14 @@ async fn every_http_route_answers_every_kind_of_credentials_as_documented() {
             if spec.path == "/api/v1/session" && spec.method == Method::POST {
                 want = StatusCode::UNAUTHORIZED;
             }
+            if spec.path == engine::http::auth::SIGN_IN_LINK_PATH {
+                want = StatusCode::SEE_OTHER;
+                assert!(response.headers().get("set-cookie").is_none());
+                assert_eq!(
+                    response.headers()["location"],
+                    engine::http::auth::LINK_REFUSED
+                );
+            }
             // Listing answers every valid token, with only its sensors.
             if spec.path == "/api/v1/sensors" && want == StatusCode::NOT_FOUND {
                 want = StatusCode::OK;
@@ -340,7 +355,10 @@ async fn every_http_route_answers_every_kind_of_credentials_as_documented() {
                 ));
                 continue;
             }
-            if !status.is_success() && status != StatusCode::NOT_IMPLEMENTED {
+            if !status.is_success()
+                && status != StatusCode::NOT_IMPLEMENTED
+                && status != StatusCode::SEE_OTHER
+            {
                 let code = match status {
                     StatusCode::UNAUTHORIZED => "unauthorized",
                     StatusCode::FORBIDDEN => "forbidden",
@@ -663,6 +681,7 @@ async fn tokens_made_and_revoked_by_the_cli_apply_to_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (http, grpc) = (free_port(), free_port());
+    let (log, log_path) = crate::support::engine_log("auth-cli");
     let mut child = std::process::Command::new(engine_bin())
         .arg("serve")
         .arg("--data-dir")
@@ -672,7 +691,7 @@ async fn tokens_made_and_revoked_by_the_cli_apply_to_a_running_server() {
         .args(["--web-dir", "none"])
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(log)
         .spawn()
         .unwrap();
     tokio::task::spawn_blocking(move || wait_for_port(http, Duration::from_secs(30)))
@@ -759,9 +778,13 @@ async fn tokens_made_and_revoked_by_the_cli_apply_to_a_running_server() {
     let new_secret = made["secret"].as_str().unwrap().to_owned();
     assert_eq!(get(new_secret).await, StatusCode::OK);
     let _ = child.kill();
-    let output = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr);
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("first start"), "{log}");
+    assert!(
+        log.contains(admin_file.to_str().unwrap()),
+        "the first-start line names the file: {log}"
+    );
     for secret in [&admin, &secret] {
         assert!(!log.contains(secret.as_str()), "a secret in the log");
     }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::ingest_support::{free_port, wait_until_listening};
-use crate::support::{client, engine_bin};
+use crate::support::{client, engine_bin, engine_log};
 
 /// A running `engine serve`, killed on drop.
 pub struct Served {
@@ -19,14 +19,15 @@ pub struct Served {
 impl Served {
     /// `engine serve` in `cwd` on fresh ports with `args` added; waits until
     /// HTTP accepts connections (retrying on other ports if one was taken
-    /// meanwhile). `stderr` goes to `stderr_to` when given.
+    /// meanwhile). `stderr` goes to `stderr_to` when given, else to a file
+    /// of `target/test-logs/`.
     pub fn start(cwd: &Path, args: &[&str], stderr_to: Option<&Path>) -> Self {
         let mut last_error = String::new();
         for _ in 0..3 {
             let (http_port, grpc_port) = (free_port(), free_port());
             let stderr = match stderr_to {
                 Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
-                None => Stdio::null(),
+                None => engine_log("served").0,
             };
             let child = Command::new(engine_bin())
                 .current_dir(cwd)

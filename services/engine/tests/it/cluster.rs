@@ -49,7 +49,7 @@ pub fn start_engine(
         .args(extra)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(crate::support::engine_log("cluster").0)
         .spawn()
         .expect("start engine");
     let mut engine = ClusterEngine {

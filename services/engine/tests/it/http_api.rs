@@ -486,7 +486,7 @@ async fn engine_serve_on_sigterm_finishes_running_exports_then_exits() {
         .arg("--web-dir")
         .arg(dir.path().join("no-dashboard"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(crate::support::engine_log("http-api").0)
         .spawn()
         .unwrap();
     tokio::task::spawn_blocking(move || wait_for_port(http, Duration::from_secs(20)))

@@ -128,10 +128,10 @@ impl Engine {
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
                 .args(extra)
                 .envs(env.iter().copied())
-                // Warnings and errors only: the test output stays readable.
+                // Warnings and errors only, in a file of target/test-logs.
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
+                .stderr(crate::support::engine_log("engine").0)
                 .spawn()
                 .expect("start engine");
             // Owned before waiting, so a failed wait still kills it.

@@ -43,6 +43,8 @@ mod binary;
 mod config;
 mod metrics;
 
-// Security (issue 9): tokens, scopes, sessions, the audit trail.
+// Security (issue 9): tokens, scopes, sessions, the audit trail; no
+// secret in a log.
 mod audit;
 mod auth;
+mod log_scan;

@@ -134,6 +134,30 @@ pub fn engine_bin() -> &'static str {
     env!("CARGO_BIN_EXE_engine")
 }
 
+/// Where the `engine serve` processes of the tests write their logs:
+/// `target/test-logs/`, kept after the run, so that `scripts/test` can scan
+/// every one of them for secrets (issue 9: no secret in any log line).
+pub fn test_log_dir() -> std::path::PathBuf {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    tmp.parent().unwrap_or(tmp).join("test-logs")
+}
+
+/// A new file in [`test_log_dir`] for the log (standard error) of one
+/// engine process, named `NAME-PID-N.log`: the child's `stderr`, and its
+/// path for a test that reads it back or names it in a failure.
+pub fn engine_log(name: &str) -> (std::process::Stdio, std::path::PathBuf) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = test_log_dir();
+    std::fs::create_dir_all(&dir).expect("create target/test-logs");
+    let path = dir.join(format!(
+        "{name}-{}-{}.log",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::File::create(&path).expect("create an engine log file");
+    (std::process::Stdio::from(file), path)
+}
+
 // ---- HTTP test helpers ----
 
 /// What a [`WriteHook`] makes of one write.

@@ -1,4 +1,4 @@
-import { ApiError, apiUrl, isAbort, toApiError } from '@/lib/api-client';
+import { ApiError, apiUrl, isAbort, reportUnauthorized, toApiError } from '@/lib/api-client';
 import { getSensor } from './get-sensor';
 
 export type ExportFormat = 'csv' | 'xlsx';
@@ -57,6 +57,7 @@ export async function checkExport(q: ExportQuery, signal?: AbortSignal): Promise
   try {
     const res = await fetch(exportUrl(q), { signal: probe.signal });
     if (!res.ok) {
+      if (res.status === 401) reportUnauthorized();
       const err = await toApiError(res);
       return err.status === 404 && !/not found/i.test(err.message) ? `Sensor "${q.sensorId}" not found.` : err.message;
     }

@@ -21,11 +21,16 @@ export function fullSpan(s: SensorInfo): RawRange | null {
   return { from: String(s.first_timestamp_ms), to: String(s.last_timestamp_ms + 1) };
 }
 
+export interface DashboardProps {
+  /** Why the signed-in token may not export these sensors, or null when it may (no check without it). */
+  exportRefusal?: (sensorIds: string[]) => string | null;
+}
+
 /**
  * The dashboard page: sensor picker, time range and live toggle, and the trend
  * chart. All of its state is the URL's (`?sensor=&from=&to=&live=1`).
  */
-export function Dashboard() {
+export function Dashboard({ exportRefusal }: DashboardProps = {}) {
   const { state: url, at, navigate, refresh } = useUrlState();
   const sensors = useSensors();
   const list = sensors.data?.sensors;
@@ -188,6 +193,7 @@ export function Dashboard() {
           onRetry={/not found/i.test(series.error ?? '') ? undefined : series.reload}
           extras={extras}
           moreSensors={more}
+          exportBlocked={exportRefusal?.([url.sensor, ...more]) ?? null}
           emptyAction={info && fullSpan(info) ? { label: 'Show all data of this sensor', run: () => navigate({ ...fullSpan(info)!, live: false }) } : undefined}
         />
       ) : needsDefault ? (

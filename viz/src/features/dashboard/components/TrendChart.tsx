@@ -35,6 +35,8 @@ export interface TrendChartProps {
   extras?: ExtraSeries[];
   /** Their ids, also while their points load: exported with the main sensor. */
   moreSensors?: string[];
+  /** Why the signed-in token may not export these sensors: the export buttons are disabled with it shown. */
+  exportBlocked?: string | null;
 }
 
 /** Line colours of the sensors drawn beside the main one. */
@@ -168,6 +170,7 @@ export function TrendChart(props: TrendChartProps) {
 
   const hasPoints = !!series && series.data[0].length > 0;
   const exportBusy = exp.kind === 'checking';
+  const blocked = props.exportBlocked ?? null;
 
   return (
     <section className="trend" aria-labelledby="trend-title">
@@ -197,10 +200,17 @@ export function TrendChart(props: TrendChartProps) {
         <div className="trend-actions">
           <button type="button" onClick={props.onZoomIn} title="Half the range, same centre">Zoom in</button>
           <button type="button" onClick={props.onZoomOut} title="Twice the range, same centre">Zoom out</button>
-          <button type="button" className="primary" onClick={() => exportCsv()} disabled={exportBusy} aria-busy={exportBusy} aria-describedby="export-what">
+          <button
+            type="button"
+            className="primary"
+            onClick={() => exportCsv()}
+            disabled={exportBusy || blocked !== null}
+            aria-busy={exportBusy}
+            aria-describedby={blocked ? 'export-blocked' : 'export-what'}
+          >
             Export CSV
           </button>
-          <button type="button" onClick={() => setDialogOpen(true)} aria-haspopup="dialog">
+          <button type="button" onClick={() => setDialogOpen(true)} aria-haspopup="dialog" disabled={blocked !== null} aria-describedby={blocked ? 'export-blocked' : undefined}>
             Export…
           </button>
         </div>
@@ -209,6 +219,11 @@ export function TrendChart(props: TrendChartProps) {
         Downloads the raw points from {formatTime(range.start)} to {formatTime(range.end)} ({zoneLabel(range.start)}), end excluded.
       </p>
 
+      {blocked && (
+        <p id="export-blocked" className="notice" data-testid="export-blocked">
+          Export unavailable. {blocked}
+        </p>
+      )}
       {exp.kind === 'error' && (
         <div className="notice notice-error" role="alert">
           <span>Export failed: {exp.message}</span>
@@ -261,7 +276,7 @@ export function TrendChart(props: TrendChartProps) {
           />
         )}
       </div>
-      {dialogOpen && <ExportDialog sensorIds={[sensorId, ...moreSensors]} start={range.start} end={range.end} onClose={() => setDialogOpen(false)} />}
+      {dialogOpen && !blocked && <ExportDialog sensorIds={[sensorId, ...moreSensors]} start={range.start} end={range.end} onClose={() => setDialogOpen(false)} />}
       <p className="axis-note">Times in {zoneLabel(range.start)}. Drag across the chart to zoom in; Back or “Zoom out” to return.</p>
     </section>
   );
