@@ -166,7 +166,11 @@ fn main() {
     }
 }
 
-async fn get(client: &reqwest::Client, url: &str, token: &str) -> Result<reqwest::Response, String> {
+async fn get(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Result<reqwest::Response, String> {
     let response = client
         .get(url)
         .bearer_auth(token)
@@ -192,7 +196,14 @@ async fn run(minutes: f64) -> bool {
     let nats_port = free_port();
     let _nats = Process(
         Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(nats_dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -238,10 +249,7 @@ async fn run(minutes: f64) -> bool {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let token: Arc<str> = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .into();
+    let token: Arc<str> = std::fs::read_to_string(&token_file).unwrap().trim().into();
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Acked {
@@ -261,10 +269,10 @@ async fn run(minutes: f64) -> bool {
     // its pace.
     let nats = async_nats::connect(&nats_url).await.unwrap();
     let js = async_nats::jetstream::new(nats);
-    let (ack_tx, mut ack_rx) =
-        tokio::sync::mpsc::channel::<(usize, async_nats::jetstream::context::PublishAckFuture)>(
-            20_000,
-        );
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<(
+        usize,
+        async_nats::jetstream::context::PublishAckFuture,
+    )>(20_000);
     let next_ts: Arc<Vec<AtomicU64>> = Arc::new((0..SENSORS).map(|_| AtomicU64::new(0)).collect());
     tasks.push(tokio::spawn({
         let (stop, next_ts, errors) = (stop.clone(), next_ts.clone(), publish_errors.clone());
@@ -330,7 +338,7 @@ async fn run(minutes: f64) -> bool {
                     sensor(s).replace('/', "%2F")
                 );
                 let began = Instant::now();
-                let outcome = async {
+                let outcome: Result<(), String> = async {
                     let response = get(&client, &url, &token).await?;
                     let mut body = response.bytes_stream();
                     let mut bytes = 0usize;
@@ -375,7 +383,10 @@ async fn run(minutes: f64) -> bool {
                 match tokio::time::timeout(Duration::from_secs(1), body.next()).await {
                     Err(_) => {}
                     Ok(Some(Ok(chunk))) => {
-                        let n = chunk.windows(13).filter(|w| w == b"event: points").count();
+                        let n = chunk
+                            .windows(13)
+                            .filter(|w| *w == &b"event: points"[..])
+                            .count();
                         events.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Ok(Some(Err(e))) => return kind.failed(format!("live stream: {e}")),
@@ -424,7 +435,8 @@ async fn run(minutes: f64) -> bool {
                     },
                     // A sensor with nothing stored yet is 404: only in the
                     // first second.
-                    Err(why) if started.elapsed() < Duration::from_secs(5) && why.contains("404") => {}
+                    Err(why)
+                        if started.elapsed() < Duration::from_secs(5) && why.contains("404") => {}
                     Err(why) => series.failed(why),
                 }
             }
@@ -445,7 +457,7 @@ async fn run(minutes: f64) -> bool {
         let t = started.elapsed().as_secs_f64();
         let rss = rss_mib(pid);
         samples.push((t, rss));
-        if samples.len() % 6 == 0 {
+        if samples.len().is_multiple_of(6) {
             println!(
                 "t={:>5.0}s rss={rss:>7.1} MiB acked={:>11} points exports={} series={} live_events={} errors={} load={}",
                 t,

@@ -91,8 +91,15 @@ fn error(description: &str, codes: &[&str]) -> Value {
 /// 429, with the `Retry-After` the server sends.
 fn too_many(description: &str) -> Value {
     let mut answer = error(description, &["too_many_requests"]);
-    answer["headers"] = json!({"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}});
+    answer["headers"] =
+        json!({"Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}});
     answer
+}
+
+/// hyper's answer (no body) to a request line longer than it reads: a
+/// query naming many long sensor ids can be.
+fn uri_too_long() -> Value {
+    json!({"description": "The query is longer than the server reads (many long sensor ids): split the export"})
 }
 
 fn invalid_parameter() -> Value {
@@ -226,9 +233,16 @@ const ERROR_CODES: &[&str] = &[
 fn scope() -> Value {
     // Runs of at most two `*` between other characters.
     let other = "[^*\\u0000-\\u001F\\u007F-\\u009F]";
-    let pattern = format!("^(admin|(read|export|write):(((\\*{{1,2}}{other}|{other})+\\*{{0,2}})|\\*{{1,2}}))$");
-    json!({"type": "string", "pattern": pattern, "maxLength": 1030,
-           "description": "admin, read:PATTERN, export:PATTERN or write:PATTERN; PATTERN: * any run without /, ** any run"})
+    let pattern = format!("(((\\*{{1,2}}{other}|{other})+\\*{{0,2}})|\\*{{1,2}})");
+    let mut forms = vec![json!({"type": "string", "const": "admin"})];
+    for action in ["read", "export", "write"] {
+        forms.push(
+            json!({"type": "string", "pattern": format!("^{action}:{pattern}$"),
+                          "maxLength": action.len() + 1 + 1024}),
+        );
+    }
+    json!({"anyOf": forms,
+           "description": "admin, read:PATTERN, export:PATTERN or write:PATTERN; PATTERN (at most 1024 bytes): * any run without /, ** any run"})
 }
 
 fn token_json(with_secret: bool) -> Value {
@@ -341,129 +355,130 @@ fn export_params() -> Value {
 fn operation(method: &Method, path: &str) -> Option<Value> {
     let op = match (method.as_str(), path) {
         ("GET", "/api/v1/export") => json!({
-          "summary": "Download raw points or interval aggregates of one or many sensors as CSV, XLSX, Parquet, Arrow or JSON Lines (streamed)",
-          "parameters": export_params(),
-          "responses": {
-            "200": {"description": "The rows, streamed; a failure mid-stream aborts the connection. gzip/zstd (Accept-Encoding) for CSV, JSON Lines and Arrow.",
-                    "content": {crate::export::CSV_CONTENT_TYPE: {"schema": {"type": "string"}},
-                                crate::export::XLSX_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                                crate::export::PARQUET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                                crate::export::ARROW_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
-                                crate::export::JSONL_CONTENT_TYPE: {"schema": {"type": "string"}}}},
-            "400": invalid_parameter(),
-            "404": sensor_not_found(),
-            "429": too_many("Too many exports running, in all or for this token, or too many failed authentications from this address"),
-            "503": unavailable()
-          }}),
+        "summary": "Download raw points or interval aggregates of one or many sensors as CSV, XLSX, Parquet, Arrow or JSON Lines (streamed)",
+        "parameters": export_params(),
+        "responses": {
+          "200": {"description": "The rows, streamed; a failure mid-stream aborts the connection. gzip/zstd (Accept-Encoding) for CSV, JSON Lines and Arrow.",
+                  "content": {crate::export::CSV_CONTENT_TYPE: {"schema": {"type": "string"}},
+                              crate::export::XLSX_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                              crate::export::PARQUET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                              crate::export::ARROW_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                              crate::export::JSONL_CONTENT_TYPE: {"schema": {"type": "string"}}}},
+          "400": invalid_parameter(),
+          "404": sensor_not_found(),
+          "414": uri_too_long(),
+          "429": too_many("Too many exports running, in all or for this token, or too many failed authentications from this address"),
+          "503": unavailable()
+        }}),
         ("GET", "/api/v1/export/summary") => json!({
-          "summary": "Rows, columns and time span an export with the same parameters would have, from block summaries",
-          "parameters": export_params(),
-          "responses": {
-            "200": json_body("Summary", schema_ref("ExportSummary")),
-            "400": invalid_parameter(), "404": sensor_not_found(), "503": unavailable()
-          }}),
+        "summary": "Rows, columns and time span an export with the same parameters would have, from block summaries",
+        "parameters": export_params(),
+        "responses": {
+          "200": json_body("Summary", schema_ref("ExportSummary")),
+          "400": invalid_parameter(), "404": sensor_not_found(), "414": uri_too_long(), "503": unavailable()
+        }}),
         ("POST", "/api/v1/import") => json!({
-          "summary": "Load a CSV in the export format into a sensor, all or nothing",
-          "parameters": [query("sensor_id", true, sensor_id(), "Sensor id")],
-          "requestBody": {"required": true, "content": {"text/csv": {"schema": {
-            "type": "string",
-            "pattern": "^timestamp_ms,value,quality\\r?\\n(-?[0-9]{1,13},-?[0-9]{1,9}(\\.[0-9]{1,6})?,(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\r?\\n)*$",
-            "description": "The header timestamp_ms,value,quality, then a row per point (epoch ms, a number, quality 0 to 255); an optional BOM, \\n or \\r\\n line ends; the later of two rows of one timestamp wins",
-            "example": "timestamp_ms,value,quality\n1767225600000,21.5,192\n"}}}},
-          "responses": {
-            "200": json_body("Imported", json!({"type": "object", "required": ["sensor_id", "points"], "properties": {
-              "sensor_id": {"type": "string"}, "points": {"type": "integer", "minimum": 0}}})),
-            "400": error("Malformed CSV, naming the line, or a bad parameter", &["invalid_csv", "invalid_parameter"]),
-            "408": error("The body stalled longer than --import-idle-timeout; nothing stored", &["request_timeout"]),
-            "413": error("The body is larger than --import-max-bytes; nothing stored", &["payload_too_large"]),
-            "503": unavailable(),
-            "507": error("No space left for the store; nothing stored, retry later", &["insufficient_storage"])
-          }}),
+        "summary": "Load a CSV in the export format into a sensor, all or nothing",
+        "parameters": [query("sensor_id", true, sensor_id(), "Sensor id")],
+        "requestBody": {"required": true, "content": {"text/csv": {"schema": {
+          "type": "string",
+          "pattern": "^timestamp_ms,value,quality\\r?\\n(-?[0-9]{1,13},-?[0-9]{1,9}(\\.[0-9]{1,6})?,(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\r?\\n)*$",
+          "description": "The header timestamp_ms,value,quality, then a row per point (epoch ms, a number, quality 0 to 255); an optional BOM, \\n or \\r\\n line ends; the later of two rows of one timestamp wins",
+          "example": "timestamp_ms,value,quality\n1767225600000,21.5,192\n"}}}},
+        "responses": {
+          "200": json_body("Imported", json!({"type": "object", "required": ["sensor_id", "points"], "properties": {
+            "sensor_id": {"type": "string"}, "points": {"type": "integer", "minimum": 0}}})),
+          "400": error("Malformed CSV, naming the line, or a bad parameter", &["invalid_csv", "invalid_parameter"]),
+          "408": error("The body stalled longer than --import-idle-timeout; nothing stored", &["request_timeout"]),
+          "413": error("The body is larger than --import-max-bytes; nothing stored", &["payload_too_large"]),
+          "503": unavailable(),
+          "507": error("No space left for the store; nothing stored, retry later", &["insufficient_storage"])
+        }}),
         ("GET", "/api/v1/admin/backup") => json!({
-          "summary": "A consistent backup of the running store (tar, zstd), streamed while writes go on",
-          "responses": {
-            "200": {"description": "The backup; restore it with `engine restore --input FILE --data-dir NEW_DIR`",
-                    "content": {super::admin::BACKUP_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
-            "501": error("This store has no online backup: use pg_dump for PostgreSQL", &["not_implemented"]),
-            "503": unavailable()
-          }}),
+        "summary": "A consistent backup of the running store (tar, zstd), streamed while writes go on",
+        "responses": {
+          "200": {"description": "The backup; restore it with `engine restore --input FILE --data-dir NEW_DIR`",
+                  "content": {super::admin::BACKUP_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+          "501": error("This store has no online backup: use pg_dump for PostgreSQL", &["not_implemented"]),
+          "503": unavailable()
+        }}),
         ("GET", "/api/v1/series") => json!({
-          "summary": "Chart data, M4-downsampled (first, min, max, last per time bucket)",
-          "parameters": [
-            query("sensor_id", true, sensor_id(), "Sensor id"),
-            query("start_ts", false, timestamp(), "Epoch milliseconds (RFC 3339 is accepted too), default the sensor's first point; not after end_ts"),
-            query("end_ts", false, timestamp(), "Epoch milliseconds (RFC 3339 is accepted too), default one past the sensor's last point"),
-            query("max_points", false, json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}),
-                  "Default 1000; at least 4 and at most 10000 are returned")
-          ],
-          "responses": {
-            "200": json_body("Columnar points", schema_ref("Series")),
-            "400": invalid_parameter(), "404": sensor_not_found(), "503": unavailable()
-          }}),
+        "summary": "Chart data, M4-downsampled (first, min, max, last per time bucket)",
+        "parameters": [
+          query("sensor_id", true, sensor_id(), "Sensor id"),
+          query("start_ts", false, timestamp(), "Epoch milliseconds (RFC 3339 is accepted too), default the sensor's first point; not after end_ts"),
+          query("end_ts", false, timestamp(), "Epoch milliseconds (RFC 3339 is accepted too), default one past the sensor's last point"),
+          query("max_points", false, json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}),
+                "Default 1000; at least 4 and at most 10000 are returned")
+        ],
+        "responses": {
+          "200": json_body("Columnar points", schema_ref("Series")),
+          "400": invalid_parameter(), "404": sensor_not_found(), "503": unavailable()
+        }}),
         ("GET", "/api/v1/sensors") => json!({
-          "summary": "Every sensor the token may read, with its point count and time span",
-          "responses": {
-            "200": json_body("Sensors", json!({"type": "object", "required": ["sensors"], "properties": {
-              "sensors": {"type": "array", "items": schema_ref("Sensor")}}})),
-            "503": unavailable()
-          }}),
+        "summary": "Every sensor the token may read, with its point count and time span",
+        "responses": {
+          "200": json_body("Sensors", json!({"type": "object", "required": ["sensors"], "properties": {
+            "sensors": {"type": "array", "items": schema_ref("Sensor")}}})),
+          "503": unavailable()
+        }}),
         ("GET", "/api/v1/sensors/{id}") => json!({
-          "summary": "One sensor",
-          "parameters": [path_param("id", sensor_id(), "Sensor id")],
-          "responses": {
-            "200": json_body("Sensor", schema_ref("Sensor")),
-            "400": invalid_parameter(), "404": sensor_not_found(), "503": unavailable()
-          }}),
+        "summary": "One sensor",
+        "parameters": [path_param("id", sensor_id(), "Sensor id")],
+        "responses": {
+          "200": json_body("Sensor", schema_ref("Sensor")),
+          "400": invalid_parameter(), "404": sensor_not_found(), "503": unavailable()
+        }}),
         ("GET", "/api/v1/live") => json!({
-          "summary": "Live points of a sensor as Server-Sent Events (an endless stream)",
-          "parameters": [query("sensor_id", true, sensor_id(), "Sensor id")],
-          "responses": {
-            "200": {"description": "event: points, data {timestamps, values (null for NaN and infinities), qualities} per write; event: resync when points were missed (fetch the range again)",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-            "400": invalid_parameter(), "404": sensor_not_found()
-          }}),
+        "summary": "Live points of a sensor as Server-Sent Events (an endless stream)",
+        "parameters": [query("sensor_id", true, sensor_id(), "Sensor id")],
+        "responses": {
+          "200": {"description": "event: points, data {timestamps, values (null for NaN and infinities), qualities} per write; event: resync when points were missed (fetch the range again)",
+                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+          "400": invalid_parameter(), "404": sensor_not_found()
+        }}),
         ("GET", "/api/v1/openapi.json") => json!({
           "summary": "This document",
           "responses": {"200": json_body("OpenAPI 3.1", json!({"type": "object", "required": ["openapi", "paths"]}))}}),
         ("GET", "/api/v1/tokens") => json!({
-          "summary": "Every token: id, name, scopes, created, expires, revoked, last used; never the secret",
-          "responses": {
-            "200": json_body("Tokens", json!({"type": "object", "required": ["tokens"], "properties": {
-              "tokens": {"type": "array", "items": schema_ref("Token")}}})),
-            "400": error("The server runs with --no-auth: it has no tokens", &["invalid_parameter"])
-          }}),
+        "summary": "Every token: id, name, scopes, created, expires, revoked, last used; never the secret",
+        "responses": {
+          "200": json_body("Tokens", json!({"type": "object", "required": ["tokens"], "properties": {
+            "tokens": {"type": "array", "items": schema_ref("Token")}}})),
+          "400": error("The server runs with --no-auth: it has no tokens", &["invalid_parameter"])
+        }}),
         ("POST", "/api/v1/tokens") => json!({
-          "summary": "Create a token; the answer holds its secret, shown once",
-          "requestBody": {"required": true, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["name", "scopes"], "properties": {
-              "name": {"type": "string", "minLength": 1, "maxLength": 200,
-                       "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$",
-                       "description": "1 to 200 characters without control characters, not only spaces"},
-              "scopes": {"type": "array", "items": scope(), "minItems": 1},
-              "expires_in": {"type": ["string", "null"], "pattern": "^0*[1-9][0-9]{0,9}(ms|s|m|h|d|w)$", "description": "e.g. 90d; absent or null: never expires"}}}}}},
-          "responses": {
-            "201": json_body("Created, with `secret`", schema_ref("CreatedToken")),
-            "400": invalid_parameter()
-          }}),
+        "summary": "Create a token; the answer holds its secret, shown once",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+          "type": "object", "required": ["name", "scopes"], "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200,
+                     "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$",
+                     "description": "1 to 200 characters without control characters, not only spaces"},
+            "scopes": {"type": "array", "items": scope(), "minItems": 1},
+            "expires_in": {"type": ["string", "null"], "pattern": "^0*[1-9][0-9]{0,9}(ms|s|m|h|d|w)$", "description": "e.g. 90d; absent or null: never expires"}}}}}},
+        "responses": {
+          "201": json_body("Created, with `secret`", schema_ref("CreatedToken")),
+          "400": invalid_parameter()
+        }}),
         ("DELETE", "/api/v1/tokens/{id}") => json!({
-          "summary": "Revoke a token, at once",
-          "parameters": [path_param("id", json!({"type": "string", "minLength": 1}), "The token's id (tok_...)")],
-          "responses": {
-            "200": json_body("The revoked token", schema_ref("Token")),
-            "400": error("The server runs with --no-auth: it has no tokens", &["invalid_parameter"]),
-            "404": error("No such token", &["token_not_found"])
-          }}),
+        "summary": "Revoke a token, at once",
+        "parameters": [path_param("id", json!({"type": "string", "minLength": 1}), "The token's id (tok_...)")],
+        "responses": {
+          "200": json_body("The revoked token", schema_ref("Token")),
+          "400": error("The server runs with --no-auth: it has no tokens", &["invalid_parameter"]),
+          "404": error("No such token", &["token_not_found"])
+        }}),
         ("POST", "/api/v1/session") => json!({
-          "summary": "Sign in: exchange a token for an HttpOnly, SameSite=Strict session cookie",
-          "requestBody": {"required": true, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
-          "responses": {
-            "200": json_body("Signed in (Set-Cookie), or who everyone is under --no-auth", schema_ref("Me")),
-            "400": error("The body is not {\"token\": \"...\"}", &["invalid_parameter"]),
-            "401": error("Unknown, expired or revoked token", &["unauthorized"]),
-            "403": error("A cross-site sign-in", &["forbidden"]),
-            "429": too_many("Too many failed authentications from this address")
-          }}),
+        "summary": "Sign in: exchange a token for an HttpOnly, SameSite=Strict session cookie",
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+          "type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
+        "responses": {
+          "200": json_body("Signed in (Set-Cookie), or who everyone is under --no-auth", schema_ref("Me")),
+          "400": error("The body is not {\"token\": \"...\"}", &["invalid_parameter"]),
+          "401": error("Unknown, expired or revoked token", &["unauthorized"]),
+          "403": error("A cross-site sign-in", &["forbidden"]),
+          "429": too_many("Too many failed authentications from this address")
+        }}),
         ("GET", "/api/v1/session") => json!({
           "summary": "Who is calling",
           "responses": {"200": json_body("The caller", schema_ref("Me"))}}),
@@ -513,7 +528,12 @@ mod tests {
             );
             if spec.access != Access::Open {
                 for status in ["401", "429"] {
-                    assert!(responses.contains_key(status), "{} {}", spec.method, spec.path);
+                    assert!(
+                        responses.contains_key(status),
+                        "{} {}",
+                        spec.method,
+                        spec.path
+                    );
                 }
             } else {
                 assert_eq!(op["security"], json!([]), "{} {}", spec.method, spec.path);
