@@ -165,7 +165,7 @@ pub async fn create_token(
     expires_in: Option<Duration>,
 ) -> Result<CreatedToken, TokenError> {
     let name = name.trim();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
         return Err(TokenError::Invalid(
             "a token name is 1 to 200 characters without control characters".into(),
         ));
@@ -463,6 +463,24 @@ mod tests {
         let store: Arc<dyn TokenStore> = Arc::new(FileTokenStore::open(dir.path()).unwrap());
         let auth = Authenticator::load(store).await.unwrap();
         (dir, auth)
+    }
+
+    /// Found while holding the OpenAPI document to the server: the limit
+    /// said 200 characters but counted bytes, so a name of 200 non-ASCII
+    /// letters was refused.
+    #[tokio::test]
+    async fn a_token_name_is_limited_in_characters_not_bytes() {
+        let (_dir, auth) = setup().await;
+        let store = Arc::clone(auth.store());
+        let name = "é".repeat(200);
+        let created = create_token(&*store, &name, &["admin".into()], None).await;
+        assert_eq!(created.unwrap().record.name, name);
+        let longer = "é".repeat(201);
+        assert!(
+            create_token(&*store, &longer, &["admin".into()], None)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]

@@ -551,10 +551,12 @@ fn decode_values(reader: &mut Reader<'_>, n: usize, out: &mut Vec<f64>) -> Resul
                             .try_into()
                             .map_err(|_| CodecError("short value"))?,
                     );
-                    *out.get_mut(start + at)
-                        .filter(|_| at < n)
-                        .ok_or(CodecError("an exception outside the block"))? =
-                        f64::from_bits(bits);
+                    // `at` may have saturated: compare before adding, so
+                    // hostile deltas cannot overflow the index.
+                    if at >= n {
+                        return Err(CodecError("an exception outside the block"));
+                    }
+                    out[start + at] = f64::from_bits(bits);
                 }
             }
         }
