@@ -503,6 +503,13 @@ fn operation(method: &Method, path: &str) -> Option<Value> {
           "400": invalid_parameter(),
           "503": error("The audit trail cannot be read", &["audit_unavailable"])
         }}),
+        ("GET", "/signin") => json!({
+        "summary": "A one-time sign-in link (printed by engine serve): exchanges its code for a session cookie, once, within minutes",
+        "parameters": [query("code", false, json!({"type": "string"}), "The one-time code; not a token")],
+        "responses": {
+          "303": {"description": "To / with Set-Cookie when the code is good (nothing reusable stays in the address bar); else to the dashboard's sign-in page, which says why",
+                  "headers": {"Location": {"schema": {"type": "string"}}}}
+        }}),
         ("GET", "/healthz") => json!({
           "summary": "Liveness: 503 only when the store refuses writes until a restart",
           "responses": {"200": json_body("Serving (status ok, or degraded with a reason)", schema_ref("Health")),
@@ -539,7 +546,10 @@ mod tests {
             );
             let responses = op["responses"].as_object().unwrap();
             assert!(
-                responses.keys().any(|status| status.starts_with('2')),
+                // A redirect is the success of /signin.
+                responses
+                    .keys()
+                    .any(|status| status.starts_with('2') || status == "303"),
                 "{} {} documents no success",
                 spec.method,
                 spec.path
