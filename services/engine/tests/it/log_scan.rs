@@ -187,10 +187,13 @@ async fn no_secret_reaches_the_log_through_any_transport() {
             .header("cookie", format!("engine_session={cookie}"))
             .header("sec-fetch-site", "same-origin")
     };
-    let export = with_cookie(reqwest::Method::GET, "/api/v1/export?sensor_id=none")
-        .send()
-        .await
-        .unwrap();
+    let export = with_cookie(
+        reqwest::Method::GET,
+        "/api/v1/export?sensor_id=none&start_ts=0&end_ts=10",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(export.status(), StatusCode::NOT_FOUND);
     let out = with_cookie(reqwest::Method::DELETE, "/api/v1/session")
         .send()
