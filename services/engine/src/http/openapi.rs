@@ -493,7 +493,7 @@ fn operation(method: &Method, path: &str) -> Option<Value> {
           query("token", false, json!({"type": "string"}), "Records of this token id (made with it, or creating or revoking it)"),
           query("sensor", false, json!({"type": "string"}), "Records naming this sensor, and the outcomes of its exports"),
           query("event", false, json!({"type": "string"}), "Records of this event: export_started, export_ended, import, grpc_write, token_created, token_revoked, sign_in, refused, refusals_dropped"),
-          query("after_seq", false, json!({"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_u64}), "Records after this seq (paging)"),
+          query("after_seq", false, json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}), "Records after this seq (paging)"),
           query("limit", false, json!({"type": "integer", "minimum": 1, "maximum": 10000}), "At most this many (default 1000)")
         ],
         "responses": {
