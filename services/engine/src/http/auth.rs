@@ -346,6 +346,17 @@ pub fn session_set_cookie(value: &str, max_age_s: u64, secure: bool) -> HeaderVa
     .unwrap_or_else(|_| HeaderValue::from_static("engine_session=; Max-Age=0"))
 }
 
+/// `response` setting the cookie of a session just opened, for
+/// [`crate::auth::SESSION_TTL`]: the one way both sign-ins (a token, a
+/// one-time link) hand over a session.
+fn with_session(mut response: Response, cookie: &str, secure: bool) -> Response {
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_set_cookie(cookie, crate::auth::SESSION_TTL.as_secs(), secure),
+    );
+    response
+}
+
 /// `POST /api/v1/session` `{"token": SECRET}`: exchanges a token for a
 /// session cookie.
 pub async fn sign_in(
@@ -397,16 +408,11 @@ pub async fn sign_in(
                     reason: None,
                 });
             }
-            let mut response = Json(Me::of(&principal, true)).into_response();
-            response.headers_mut().insert(
-                header::SET_COOKIE,
-                session_set_cookie(
-                    &cookie,
-                    crate::auth::SESSION_TTL.as_secs(),
-                    state.secure_cookies,
-                ),
-            );
-            Ok(response)
+            Ok(with_session(
+                Json(Me::of(&principal, true)).into_response(),
+                &cookie,
+                state.secure_cookies,
+            ))
         }
         Err(reason) => {
             failed(&reason.to_string());
@@ -508,18 +514,7 @@ pub async fn sign_in_link(State(state): State<AppState>, request: Request) -> Re
         outcome.as_ref().map(|(_, principal)| principal),
     );
     match outcome {
-        Ok((cookie, _)) => {
-            let mut response = see_other("/");
-            response.headers_mut().insert(
-                header::SET_COOKIE,
-                session_set_cookie(
-                    &cookie,
-                    crate::auth::SESSION_TTL.as_secs(),
-                    state.secure_cookies,
-                ),
-            );
-            response
-        }
+        Ok((cookie, _)) => with_session(see_other("/"), &cookie, state.secure_cookies),
         Err(_) => {
             if let Some(limiter) = &state.auth_failures {
                 limiter.failed(peer).await;

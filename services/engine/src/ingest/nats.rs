@@ -154,19 +154,15 @@ impl NatsCredentials {
             options = options.token(token.clone());
         }
         if let Some(path) = &self.creds_file {
-            let text = std::fs::read_to_string(path).map_err(|error| {
+            let in_file = |error: std::io::Error| {
                 std::io::Error::new(
                     error.kind(),
                     format!("NATS creds file {}: {error}", path.display()),
                 )
-            })?;
+            };
+            let text = std::fs::read_to_string(path).map_err(in_file)?;
             // async-nats's own message names the problem, never the seed.
-            options = options.credentials(&text).map_err(|error| {
-                std::io::Error::new(
-                    error.kind(),
-                    format!("NATS creds file {}: {error}", path.display()),
-                )
-            })?;
+            options = options.credentials(&text).map_err(in_file)?;
         }
         if let Some(path) = &self.ca_file {
             options = options
