@@ -121,6 +121,23 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StorageError::Full(_))
     }
+
+    /// The same error again, for each of several writes that one failure
+    /// refused together (a group commit). An I/O error keeps its kind and
+    /// message.
+    pub fn duplicate(&self) -> StorageError {
+        match self {
+            StorageError::InvalidInput(m) => StorageError::InvalidInput(m.clone()),
+            StorageError::Locked { path } => StorageError::Locked { path: path.clone() },
+            StorageError::Corrupt(m) => StorageError::Corrupt(m.clone()),
+            StorageError::Io(e) => StorageError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            StorageError::Backend(m) => StorageError::Backend(m.clone()),
+            StorageError::Full(m) => StorageError::Full(m.clone()),
+            StorageError::Failed(m) => StorageError::Failed(m.clone()),
+            StorageError::Closed => StorageError::Closed,
+            StorageError::Unsupported(m) => StorageError::Unsupported(m.clone()),
+        }
+    }
 }
 
 /// Whether a store can do its work, for liveness and readiness probes.

@@ -44,6 +44,7 @@ mod backup;
 mod blocks;
 /// `pub(crate)` for the fuzz entry points ([`crate::fuzzing`]).
 pub(crate) mod codec;
+mod group_commit;
 mod head;
 pub mod io;
 mod staging;
@@ -62,6 +63,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 
 use self::blocks::{BlockTables, Blocks, ScanSnapshot};
+use self::group_commit::GroupCommit;
 use self::head::{Head, Versioned, merge_heads};
 use self::io::Faults;
 use self::staging::StagingFile;
@@ -82,6 +84,9 @@ pub use self::wal::RepairReport;
 const SCAN_READ_AHEAD: usize = 4;
 /// Frozen heads that may wait to be folded before writes slow down.
 pub const MAX_FROZEN_HEADS: usize = 2;
+/// A group commit takes queued writes up to this many points (and always
+/// one): a commit stays about as long as one large write's.
+const MAX_GROUP_COMMIT_POINTS: usize = 64 << 10;
 /// How soon a fold that failed (a full disk) is tried again.
 const RETRY_FOLD_AFTER: Duration = Duration::from_secs(1);
 
@@ -112,6 +117,18 @@ impl Default for EmbeddedOptions {
     }
 }
 
+impl EmbeddedOptions {
+    /// Bytes of zeros a new WAL segment is written with (see
+    /// [`WalWriter::create`]): about what a full head takes in the WAL
+    /// (17 bytes a point, framing, a stream seq for some), at most 32 MiB.
+    fn wal_preallocation(&self) -> u64 {
+        (self.head_flush_points as u64)
+            .saturating_mul(24)
+            .min(32 << 20)
+            .min(self.wal_segment_bytes)
+    }
+}
+
 /// The embedded store. Cheap to share: wrap it in an `Arc`.
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -124,6 +141,9 @@ struct Inner {
     /// Serialises WAL appends, so the WAL order is the order versions are
     /// handed out and writes applied.
     wal: Mutex<WalState>,
+    /// Writes waiting for the WAL: those that arrive during a sync share
+    /// the next one. Weighed in points.
+    commits: GroupCommit<Vec<Group>>,
     /// What scans and lookups read; written only briefly.
     memory: RwLock<Memory>,
     /// Serialises redb write transactions: folds and import commits.
@@ -363,8 +383,13 @@ impl EmbeddedStore {
                 wal::truncate_torn_tail(path, contents.intact_len)?;
             }
         }
-        let writer = WalWriter::create(&wal_dir, newest + 1, options.faults.clone())
-            .map_err(|e| wal_error(e, &HealthState::new()))?;
+        let writer = WalWriter::create(
+            &wal_dir,
+            newest + 1,
+            options.faults.clone(),
+            options.wal_preallocation(),
+        )
+        .map_err(|e| wal_error(e, &HealthState::new()))?;
         if replayed.is_empty() {
             delete_segments_up_to(&wal_dir, newest);
         } else {
@@ -386,6 +411,7 @@ impl EmbeddedStore {
                 next_version,
                 closed: false,
             }),
+            commits: GroupCommit::new(MAX_GROUP_COMMIT_POINTS),
             memory: RwLock::new(memory),
             block_writer: Mutex::new(()),
             signal: Arc::clone(&signal),
@@ -569,11 +595,10 @@ fn disk_usage(dir: &Path) -> super::DiskUsage {
 /// spare created ahead, or one cut short while being created): no write
 /// went to them, so the one before was still being written.
 fn last_written_segment(segments: &[(u64, PathBuf)]) -> u64 {
-    let header = wal::segment_header().len() as u64;
     segments
         .iter()
         .rev()
-        .find(|(_, path)| std::fs::metadata(path).map_or(true, |m| m.len() > header))
+        .find(|(_, path)| wal::has_records(path).unwrap_or(true))
         .map_or(0, |(seq, _)| *seq)
 }
 
@@ -718,30 +743,71 @@ impl Inner {
             return Ok(());
         }
         self.hold_back_writes()?;
-        let mut groups = group_by_sensor(samples);
-        let mut wal = self.lock_wal()?;
-        let version = wal.next_version;
-        for group in &mut groups {
-            if let Some(seqs) = &mut group.seqs {
-                // Direct points in a group that also has stream points.
-                for seq in seqs.iter_mut().filter(|seq| **seq == 0) {
-                    *seq = version;
+        let groups = group_by_sensor(samples);
+        let points = groups.iter().map(|group| group.points.len()).sum();
+        self.commits
+            .submit(groups, points, |writes| self.commit_writes(writes))
+    }
+
+    /// Commits queued writes together (see [`GroupCommit`]): one WAL record
+    /// each, with versions in submission order, appended with one write and
+    /// one `fdatasync`; then applied to the head in the same order. Returns
+    /// one result per write.
+    fn commit_writes(&self, writes: Vec<Vec<Group>>) -> Vec<Result<(), StorageError>> {
+        let count = writes.len();
+        let mut wal = match self.lock_wal() {
+            Ok(wal) => wal,
+            Err(error) => return (0..count).map(|_| Err(error.duplicate())).collect(),
+        };
+        let mut results: Vec<Result<(), StorageError>> = Vec::with_capacity(count);
+        let mut records = Vec::with_capacity(count);
+        let mut framed = Vec::new();
+        let mut version = wal.next_version;
+        for mut groups in writes {
+            for group in &mut groups {
+                if let Some(seqs) = &mut group.seqs {
+                    // Direct points in a group that also has stream points.
+                    for seq in seqs.iter_mut().filter(|seq| **seq == 0) {
+                        *seq = version;
+                    }
+                }
+            }
+            let record = Record {
+                version: Some(version),
+                groups,
+            };
+            let start = framed.len();
+            match wal::frame_record(&record, &mut framed) {
+                Ok(()) => {
+                    results.push(Ok(()));
+                    records.push((version, record));
+                    version += 1;
+                }
+                Err(error) => {
+                    // Too large for one record: this write alone is refused.
+                    framed.truncate(start);
+                    results.push(Err(wal_error(error, &self.health)));
                 }
             }
         }
-        let record = Record {
-            version: Some(version),
-            groups,
-        };
-        wal.writer
-            .append(&record)
-            .map_err(|e| wal_error(e, &self.health))?;
+        if records.is_empty() {
+            return results;
+        }
+        if let Err(error) = wal.writer.append_framed(&framed) {
+            let error = wal_error(error, &self.health);
+            return results
+                .into_iter()
+                .map(|result| result.and(Err(error.duplicate())))
+                .collect();
+        }
         self.health.set_wal_full(false);
-        wal.next_version += 1;
+        wal.next_version = version;
         let (head_points, frozen) = {
             let mut memory = self.write_memory();
-            memory.register(&record);
-            memory.active.apply(&record, version);
+            for (version, record) in &records {
+                memory.register(record);
+                memory.active.apply(record, *version);
+            }
             (memory.active.points(), memory.frozen.len())
         };
         self.report_heads();
@@ -749,12 +815,12 @@ impl Inner {
             && (head_points >= self.options.head_flush_points
                 || wal.writer.len() >= self.options.wal_segment_bytes)
         {
-            // The write is durable already; a failed freeze only delays it.
+            // The writes are durable already; a failed freeze only delays it.
             if let Err(error) = self.freeze(&mut wal) {
                 tracing::debug!(%error, "could not freeze the head yet");
             }
         }
-        Ok(())
+        results
     }
 
     /// Backpressure: while two frozen heads wait and the active head is past
@@ -843,7 +909,12 @@ impl Inner {
             wal.spare_pending = true;
             wal.writer.seq() + 1
         };
-        let created = WalWriter::create(&self.dir.join("wal"), seq, self.options.faults.clone());
+        let created = WalWriter::create(
+            &self.dir.join("wal"),
+            seq,
+            self.options.faults.clone(),
+            self.options.wal_preallocation(),
+        );
         let mut wal = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         wal.spare_pending = false;
         // No freeze ran meanwhile: freezes wait while a spare is pending.
@@ -1562,12 +1633,19 @@ mod tests {
         }
         let on_disk = segments(dir.path());
         let (last, rest) = on_disk.split_last().unwrap();
-        assert_eq!(last.2, header, "the spare holds no record: {on_disk:?}");
+        assert!(
+            !wal::has_records(&last.1).unwrap(),
+            "the spare holds no record: {on_disk:?}"
+        );
         let written = rest.last().unwrap();
-        assert!(written.2 > header);
-        // A write cut short by the crash, never acknowledged.
-        let mut file = OpenOptions::new().append(true).open(&written.1).unwrap();
-        file.write_all(&[0x57, 0x41, 0x4c, 0x52, 9, 9]).unwrap();
+        assert!(wal::has_records(&written.1).unwrap());
+        // A write cut short by the crash, never acknowledged, where the
+        // next record goes (inside the preallocated zeros).
+        let intact = wal::read_segment(&written.1, true).unwrap().intact_len;
+        assert!(intact > header);
+        let file = OpenOptions::new().write(true).open(&written.1).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0x52, 0x45, 0x43, 0x1e, 9, 9], intact)
+            .unwrap();
         drop(file);
 
         let store = EmbeddedStore::open_with(dir.path(), options).unwrap();

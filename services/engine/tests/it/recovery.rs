@@ -18,6 +18,17 @@ fn newest_wal(dir: &Path) -> PathBuf {
     segments.pop().expect("a WAL segment")
 }
 
+/// Where the records of a WAL segment end: segments are preallocated with
+/// zeros, and every record here ends with a quality of 192, so the last
+/// non-zero byte ends the last record.
+fn records_end(wal: &Path) -> u64 {
+    let bytes = std::fs::read(wal).unwrap();
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |at| at as u64 + 1)
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("wal")).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -46,19 +57,19 @@ async fn a_torn_wal_opens_with_the_intact_prefix() {
     }
     let store = open_embedded(base.path(), options.clone()).await;
     let wal = newest_wal(base.path());
-    let start = std::fs::metadata(&wal).unwrap().len();
+    let start = records_end(&wal);
     for b in 0..30i64 {
         let n = rng.range(1, 60);
         let points: Vec<_> = (0..n)
             .map(|j| point(b * 100 + j, (b * 100 + j) as f64 * 0.5, 192))
             .collect();
         store.write(samples(&id, points.clone())).await.unwrap();
-        ends.push(std::fs::metadata(&wal).unwrap().len());
+        ends.push(records_end(&wal));
         batches.push(points);
     }
     drop(store); // no close: the batches live only in the WAL
-    let bytes = std::fs::read(&wal).unwrap();
-    assert_eq!(bytes.len() as u64, *ends.last().unwrap());
+    let preallocated = std::fs::read(&wal).unwrap();
+    let bytes = &preallocated[..*ends.last().unwrap() as usize];
 
     let mut cuts: Vec<u64> = vec![0, 3, 8, start];
     for &end in &ends {
@@ -68,12 +79,19 @@ async fn a_torn_wal_opens_with_the_intact_prefix() {
         cuts.push(rng.range(0, bytes.len() as i64) as u64);
     }
     cuts.retain(|&c| c <= bytes.len() as u64);
-    for cut in cuts {
+    // Each cut twice: the file cut short there (a segment that was not
+    // preallocated), and zeros from there on (a preallocated one, as a
+    // crash leaves it).
+    for (cut, zeros_after) in cuts.into_iter().flat_map(|cut| [(cut, false), (cut, true)]) {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(base.path(), copy.path());
+        let mut torn = bytes[..cut as usize].to_vec();
+        if zeros_after {
+            torn.resize(preallocated.len(), 0);
+        }
         std::fs::write(
             copy.path().join("wal").join(wal.file_name().unwrap()),
-            &bytes[..cut as usize],
+            &torn,
         )
         .unwrap();
         let store = open_embedded(copy.path(), options.clone()).await;
@@ -86,7 +104,7 @@ async fn a_torn_wal_opens_with_the_intact_prefix() {
         assert_eq!(
             scan_all(&*store, &id, TimeRange::ALL).await,
             expected,
-            "cut at {cut}"
+            "cut at {cut}, zeros after: {zeros_after}"
         );
         assert_eq!(
             scan_all(&*store, &sensor("before"), TimeRange::ALL)
@@ -104,7 +122,7 @@ async fn a_torn_wal_opens_with_the_intact_prefix() {
         assert_eq!(
             scan_all(&*store, &id, TimeRange::ALL).await.len(),
             expected.len() + 1,
-            "cut at {cut}"
+            "cut at {cut}, zeros after: {zeros_after}"
         );
     }
 }
@@ -119,14 +137,14 @@ async fn wal_damage_stops_the_open_and_repair_keeps_the_intact_records() {
     let id = sensor("damaged");
     let store = open_embedded(base.path(), options.clone()).await;
     let wal = newest_wal(base.path());
-    let mut starts = vec![std::fs::metadata(&wal).unwrap().len()];
+    let mut starts = vec![records_end(&wal)];
     let mut batches = Vec::new();
     for b in 0..6i64 {
         let points: Vec<_> = (0..50 + b)
             .map(|j| point(b * 1000 + j, (b * 1000 + j) as f64 / 3.0, 192))
             .collect();
         store.write(samples(&id, points.clone())).await.unwrap();
-        starts.push(std::fs::metadata(&wal).unwrap().len());
+        starts.push(records_end(&wal));
         batches.push(points);
     }
     drop(store); // no close: the batches live only in the WAL

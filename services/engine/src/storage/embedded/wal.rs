@@ -5,7 +5,8 @@
 //! magic header followed by records
 //! `RECORD_MAGIC u32 | len u32 | crc32(len ‖ payload) u32 | payload`.
 //! A write appends one record and calls `fdatasync` before returning, so an
-//! acknowledged write is on disk.
+//! acknowledged write is on disk. Writes that arrive while a sync runs are
+//! appended together with the next one (group commit), one record each.
 //!
 //! Reading tells two kinds of bad bytes apart:
 //! - a **torn tail**: bad bytes at the end of the newest segment with no
@@ -110,13 +111,25 @@ pub struct WalWriter {
     /// Bytes of intact records (and the header): where the next one goes.
     len: u64,
     faults: Faults,
-    /// Reused to build records without allocating per write.
-    buffer: Vec<u8>,
 }
 
 impl WalWriter {
     /// Creates segment `seq` and makes it and its directory entry durable.
-    pub fn create(dir: &Path, seq: u64, faults: Faults) -> Result<Self, WalError> {
+    ///
+    /// With `preallocate` > 0 the segment is first written full of zeros up
+    /// to that many bytes (as PostgreSQL does with its WAL segments): an
+    /// append inside that space changes no file metadata, so its
+    /// `fdatasync` flushes the record alone instead of committing the
+    /// filesystem journal, which on ext4 also waits for the blocks file's
+    /// dirty pages (a checkpoint's). Readers take zeros after the last
+    /// record as the end of the segment. A disk too full for the zeros
+    /// gets a segment without them.
+    pub fn create(
+        dir: &Path,
+        seq: u64,
+        faults: Faults,
+        preallocate: u64,
+    ) -> Result<Self, WalError> {
         let classify = |error: io::Error| {
             if is_disk_full(&error) {
                 WalError::Full(error)
@@ -135,6 +148,7 @@ impl WalWriter {
             .map_err(classify)?;
         let written = faults
             .write_at(IoTarget::Wal, &file, MAGIC, 0)
+            .and_then(|()| fill_with_zeros(&faults, &file, preallocate))
             .and_then(|()| faults.sync(IoTarget::Wal, &file))
             .and_then(|()| sync_dir(dir));
         if let Err(error) = written {
@@ -150,7 +164,6 @@ impl WalWriter {
             file,
             len: MAGIC.len() as u64,
             faults,
-            buffer: Vec::new(),
         })
     }
 
@@ -164,19 +177,26 @@ impl WalWriter {
     }
 
     /// Appends one record and waits until it is on disk.
+    pub fn append(&mut self, record: &Record) -> Result<(), WalError> {
+        let mut framed = Vec::new();
+        frame_record(record, &mut framed)?;
+        self.append_framed(&framed)
+    }
+
+    /// Appends records framed by [`frame_record`] (one or several: a group
+    /// commit) with one write and one `fdatasync`, and waits until they are
+    /// on disk. Either all of them are acknowledged or none.
     ///
     /// A write that fails for lack of space is undone (the segment is cut
     /// back to its intact records) and reported as [`WalError::Full`]; the
     /// log stays usable. A failed fsync, or a failed undo, is
     /// [`WalError::Failed`]: the caller must stop writing.
-    pub fn append(&mut self, record: &Record) -> Result<(), WalError> {
-        self.buffer.clear();
-        frame_record(record, &mut self.buffer)?;
+    pub fn append_framed(&mut self, framed: &[u8]) -> Result<(), WalError> {
         if let Err(error) = self
             .faults
-            .write_at(IoTarget::Wal, &self.file, &self.buffer, self.len)
+            .write_at(IoTarget::Wal, &self.file, framed, self.len)
         {
-            // Cut off whatever part of the record reached the file. It was
+            // Cut off whatever part of the records reached the file. It was
             // never synced, but a later sync would persist it as damage.
             if let Err(undo) = self.faults.set_len(IoTarget::Wal, &self.file, self.len) {
                 return Err(WalError::Failed(undo));
@@ -194,16 +214,15 @@ impl WalWriter {
             let _ = self.faults.set_len(IoTarget::Wal, &self.file, self.len);
             return Err(WalError::Failed(error));
         }
-        self.len += self.buffer.len() as u64;
-        if self.buffer.capacity() > 16 << 20 {
-            self.buffer = Vec::new();
-        }
+        self.len += framed.len() as u64;
         Ok(())
     }
 
     /// Starts the next segment. On failure this one stays open and usable.
+    /// Not preallocated: this runs under the WAL lock, when no spare was
+    /// ready.
     pub fn rotate(&mut self) -> Result<(), WalError> {
-        let next = Self::create(&self.dir, self.seq + 1, self.faults.clone())?;
+        let next = Self::create(&self.dir, self.seq + 1, self.faults.clone(), 0)?;
         *self = next;
         Ok(())
     }
@@ -232,6 +251,37 @@ pub fn frame_record(record: &Record, out: &mut Vec<u8>) -> Result<(), WalError> 
 /// The bytes every segment of the current format starts with.
 pub fn segment_header() -> &'static [u8] {
     MAGIC
+}
+
+/// Writes zeros after the header up to `len` bytes (see
+/// [`WalWriter::create`]). Out of space, it cuts the file back to its
+/// header and reports success: the segment then grows as it is written.
+fn fill_with_zeros(faults: &Faults, file: &File, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
+    let mut at = MAGIC.len() as u64;
+    while at < len {
+        let n = (len - at).min(CHUNK as u64) as usize;
+        if let Err(error) = faults.write_at(IoTarget::Wal, file, &zeros[..n], at) {
+            if is_disk_full(&error) {
+                return faults.set_len(IoTarget::Wal, file, MAGIC.len() as u64);
+            }
+            return Err(error);
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Whether a segment holds anything after its header: a record, or part of
+/// one (zeros are preallocated space, see [`WalWriter::create`]).
+pub fn has_records(path: &Path) -> io::Result<bool> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(MAGIC.len() + RECORD_HEADER);
+    File::open(path)?
+        .take((MAGIC.len() + RECORD_HEADER) as u64)
+        .read_to_end(&mut head)?;
+    Ok(head.iter().skip(MAGIC.len()).any(|&b| b != 0))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -293,9 +343,12 @@ pub fn parse_segment(path: &Path, bytes: &[u8], newest: bool) -> Result<SegmentC
         reason: reason.to_owned(),
     };
     let mut contents = SegmentContents::default();
-    if bytes.len() < MAGIC.len() {
-        // A segment torn before its header was complete holds no record.
-        if newest && (MAGIC.starts_with(bytes) || MAGIC_V1.starts_with(bytes)) {
+    let written = bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
+    if written < MAGIC.len() {
+        // A segment torn before its header was complete (nothing, or the
+        // preallocated zeros, after it) holds no record.
+        let header = &bytes[..written];
+        if newest && (MAGIC.starts_with(header) || MAGIC_V1.starts_with(header)) {
             contents.torn_bytes = bytes.len() as u64;
             return Ok(contents);
         }
@@ -313,6 +366,11 @@ pub fn parse_segment(path: &Path, bytes: &[u8], newest: bool) -> Result<SegmentC
             Ok((record, end)) => {
                 contents.records.push(record);
                 at = end;
+            }
+            Err(_) if bytes[at..].iter().all(|&b| b == 0) => {
+                // Preallocated space, never written: the clean end.
+                contents.intact_len = at as u64;
+                return Ok(contents);
             }
             Err(reason) => {
                 if let Some(next) = next_intact_record(bytes, at + 1) {
@@ -548,7 +606,7 @@ pub fn repair_segment(path: &Path) -> Result<RepairReport, WalError> {
     // leaves the original in place and the scratch copy ignored.
     let scratch = dir.join("repair.tmp");
     let _ = fs::remove_dir_all(&scratch);
-    let mut writer = WalWriter::create(&scratch, seq, Faults::default())?;
+    let mut writer = WalWriter::create(&scratch, seq, Faults::default(), 0)?;
     for record in &records {
         writer.append(record)?;
     }
@@ -620,7 +678,7 @@ mod tests {
     }
 
     fn three_records(dir: &Path) -> (Vec<Record>, Vec<u64>, PathBuf) {
-        let mut wal = WalWriter::create(dir, 7, Faults::default()).unwrap();
+        let mut wal = WalWriter::create(dir, 7, Faults::default(), 0).unwrap();
         let records = vec![
             record(1 << 63, vec![group("a", 3, false)]),
             record(
@@ -638,6 +696,47 @@ mod tests {
             ends.push(wal.len());
         }
         (records, ends, segment_path(dir, 7))
+    }
+
+    #[test]
+    fn a_preallocated_segment_ends_at_its_last_record_and_a_torn_one_is_still_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalWriter::create(dir.path(), 3, Faults::default(), 64 << 10).unwrap();
+        let path = segment_path(dir.path(), 3);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 64 << 10);
+        assert!(!has_records(&path).unwrap(), "zeros only: no record yet");
+        let records = vec![
+            record(1 << 63, vec![group("a", 3, false)]),
+            record((1 << 63) + 1, vec![group("b", 50, true)]),
+        ];
+        for record in &records {
+            wal.append(record).unwrap();
+        }
+        let intact = wal.len();
+        drop(wal);
+        assert!(has_records(&path).unwrap());
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            64 << 10,
+            "appends stay inside"
+        );
+        for newest in [true, false] {
+            let contents = read_segment(&path, newest).unwrap();
+            assert_eq!(contents.records, records);
+            assert_eq!((contents.intact_len, contents.torn_bytes), (intact, 0));
+        }
+        // A record cut short by a crash, zeros after it.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &RECORD_MAGIC, intact).unwrap();
+        drop(file);
+        let contents = read_segment(&path, true).unwrap();
+        assert_eq!(contents.records, records);
+        assert_eq!(contents.intact_len, intact);
+        assert!(contents.torn_bytes > 0);
+        assert!(matches!(
+            read_segment(&path, false),
+            Err(WalError::Damaged { offset, .. }) if offset == intact
+        ));
     }
 
     #[test]
