@@ -14,9 +14,10 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::ops::Bound;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::StorageBackend;
 use redb::backends::FileBackend;
@@ -175,7 +176,13 @@ pub struct GuardedBackend {
     file: File,
     faults: Faults,
     failures: Arc<BackendFailures>,
+    /// The span of the file written since the last sync (see
+    /// [`GuardedBackend::write_back_paced`]).
+    dirty: Mutex<Option<(u64, u64)>>,
 }
+
+/// Written back at a time before a sync of the blocks file.
+const WRITE_BACK_WINDOW: u64 = 1 << 20;
 
 impl GuardedBackend {
     pub fn new(file: File, faults: Faults, failures: Arc<BackendFailures>) -> io::Result<Self> {
@@ -186,7 +193,39 @@ impl GuardedBackend {
             file: writer,
             faults,
             failures,
+            dirty: Mutex::new(None),
         })
+    }
+
+    /// Writes the pages dirtied since the last sync back to the disk a
+    /// window at a time, each waited for, before the sync itself. A fold
+    /// commits megabytes at once; flushed in one go they sit in front of
+    /// every WAL `fdatasync` issued meanwhile (the device flushes its whole
+    /// cache), which is what made writes wait for checkpoints. In windows,
+    /// a WAL sync waits for at most one. PostgreSQL spreads its checkpoint
+    /// writes for the same reason (`checkpoint_flush_after`). Best effort:
+    /// the sync that follows is what makes the data durable.
+    fn write_back_paced(&self) {
+        let span = self.dirty.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((start, end)) = span else { return };
+        if end - start <= WRITE_BACK_WINDOW {
+            return;
+        }
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let mut at = start;
+        while at < end {
+            let len = WRITE_BACK_WINDOW.min(end - at);
+            // SAFETY: a plain syscall on a file descriptor this value owns.
+            let done = unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), at as i64, len as i64, flags)
+            };
+            if done != 0 {
+                return;
+            }
+            at += len;
+        }
     }
 
     fn noted<T>(&self, op: IoOp, result: io::Result<T>) -> io::Result<T> {
@@ -222,11 +261,19 @@ impl StorageBackend for GuardedBackend {
         let result = self
             .faults
             .check(IoTarget::Blocks, IoOp::Sync)
-            .and_then(|()| self.inner.sync_data());
+            .and_then(|()| {
+                self.write_back_paced();
+                self.inner.sync_data()
+            });
         self.noted(IoOp::Sync, result)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            let end = offset + data.len() as u64;
+            *dirty = Some(dirty.map_or((offset, end), |(s, e)| (s.min(offset), e.max(end))));
+        }
         let result = self
             .faults
             .write_at(IoTarget::Blocks, &self.file, data, offset);
