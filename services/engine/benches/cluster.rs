@@ -16,40 +16,15 @@
 //!
 //! Run: `cargo bench --bench cluster` (`BENCH_QUICK=1` for a short run).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 
+mod common;
+use common::{Process, free_port, wait_port};
+
 const POINTS_PER_MESSAGE: usize = 100;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    for _ in 0..400 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on {port}");
-}
-
-/// A child process killed on drop.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn pg_server() -> String {
     std::env::var("ENGINE_BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())

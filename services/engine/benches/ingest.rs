@@ -11,8 +11,6 @@
 //!
 //! Run: `cargo bench --bench ingest` (release profile).
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,70 +29,11 @@ use engine::storage::{
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+mod common;
+use common::{Nats, load_average, nats_message, percentile};
+
 const POINTS_PER_MESSAGE: i64 = 100;
 
-/// A private nats-server; the directory holds its JetStream state.
-struct Nats(Child, u16, #[allow(dead_code)] tempfile::TempDir);
-
-impl Nats {
-    fn start() -> Nats {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Nats(child, port, dir)
-    }
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.1)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One message of 100 points as JSON. Built with `itoa` rather than
-/// `format!`: the publisher shares the cores with the engine.
-fn message(sensor: &str, first_ts: i64) -> String {
-    let mut out = String::with_capacity(100 * 90);
-    let mut numbers = itoa::Buffer::new();
-    out.push('[');
-    for ts in first_ts..first_ts + POINTS_PER_MESSAGE {
-        if ts != first_ts {
-            out.push(',');
-        }
-        out.push_str(r#"{"sensor_id":""#);
-        out.push_str(sensor);
-        out.push_str(r#"","timestamp_ms":"#);
-        out.push_str(numbers.format(ts));
-        out.push_str(r#","value":"#);
-        out.push_str(numbers.format(ts % 977));
-        out.push_str(r#".25,"quality":192}"#);
-    }
-    out.push(']');
-    out
-}
-
-/// Publishes `messages` messages round-robin over `sensors` sensors, keeping
-/// up to 2,000 publish acknowledgements outstanding.
 async fn publish_backlog(js: &async_nats::jetstream::Context, prefix: &str, messages: i64) {
     let mut pending = Vec::with_capacity(2000);
     for i in 0..messages {
@@ -102,7 +41,7 @@ async fn publish_backlog(js: &async_nats::jetstream::Context, prefix: &str, mess
         let ack = js
             .publish(
                 format!("sensors.{prefix}.{}", i % 8),
-                message(&sensor, (i / 8) * 100).into(),
+                nats_message(&sensor, (i / 8) * 100, POINTS_PER_MESSAGE).into(),
             )
             .await
             .unwrap();
@@ -122,11 +61,6 @@ async fn wait_points(stats: &IngestStats, points: u64) {
     while stats.points.load(Ordering::Relaxed) < points {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 async fn export_seconds(storage: &SharedStorage, sensor: &SensorId) -> (f64, usize) {
@@ -186,13 +120,6 @@ impl StorageEngine for TimedStore {
     async fn close(&self) -> Result<(), StorageError> {
         self.inner.close().await
     }
-}
-
-/// The 1/5/15-minute load averages: other work on the machine skews results.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn main() {
@@ -277,7 +204,11 @@ async fn run() {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             for seq in 0..(seconds * 100) as i64 {
                 tick.tick().await;
-                let payload = message("latency/probe", seq * POINTS_PER_MESSAGE);
+                let payload = nats_message(
+                    "latency/probe",
+                    seq * POINTS_PER_MESSAGE,
+                    POINTS_PER_MESSAGE,
+                );
                 sent.lock().unwrap()[seq as usize] = Some(Instant::now());
                 // The publish acknowledgement is not waited for: it is not
                 // part of the path being measured.
@@ -451,7 +382,7 @@ async fn run() {
                     let _ = js
                         .publish(
                             format!("sensors.load.{}", seq % 8),
-                            message(&sensor, (seq / 8) * 100).into(),
+                            nats_message(&sensor, (seq / 8) * 100, POINTS_PER_MESSAGE).into(),
                         )
                         .await;
                     seq += 1;

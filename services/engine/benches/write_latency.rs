@@ -17,8 +17,6 @@
 //!
 //! Run: `WRITE_BENCH_SECONDS=60 cargo bench --bench write_latency`.
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,63 +30,13 @@ use engine::storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+mod common;
+use common::{Nats, nats_message, percentile};
+
 const CALLS_PER_SECOND: u64 = 100;
 const POINTS_PER_CALL: i64 = 5_000;
 const MESSAGES_PER_SECOND: u64 = 100;
 const POINTS_PER_MESSAGE: i64 = 100;
-
-struct Nats(Child, u16, #[allow(dead_code)] tempfile::TempDir);
-
-impl Nats {
-    fn start() -> Nats {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("/usr/sbin/nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Nats(child, port, dir)
-    }
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.1)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn message(sensor: &str, first_ts: i64) -> String {
-    let mut out = String::with_capacity(100 * 90);
-    out.push('[');
-    for ts in first_ts..first_ts + POINTS_PER_MESSAGE {
-        if ts != first_ts {
-            out.push(',');
-        }
-        out.push_str(&format!(
-            r#"{{"sensor_id":"{sensor}","timestamp_ms":{ts},"value":{}.25}}"#,
-            ts % 977
-        ));
-    }
-    out.push(']');
-    out
-}
 
 /// The three load averages of a `/proc/loadavg` line.
 fn load_of(line: &str) -> String {
@@ -96,11 +44,6 @@ fn load_of(line: &str) -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -216,7 +159,11 @@ async fn run_once(seconds: u64, options: EmbeddedOptions) -> Run {
                 tokio::time::interval(Duration::from_secs(1) / MESSAGES_PER_SECOND as u32);
             for seq in 0..(seconds * MESSAGES_PER_SECOND) as i64 {
                 tick.tick().await;
-                let payload = message("latency/probe", seq * POINTS_PER_MESSAGE);
+                let payload = nats_message(
+                    "latency/probe",
+                    seq * POINTS_PER_MESSAGE,
+                    POINTS_PER_MESSAGE,
+                );
                 sent.lock().unwrap()[seq as usize] = Some(Instant::now());
                 let _ = js.publish("sensors.latency", payload.into()).await.unwrap();
             }

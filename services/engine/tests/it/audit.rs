@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::auth::AuthServer;
 use crate::full_disk::SmallDisk;
 use crate::ingest_support::Engine;
-use crate::support::{client, engine_bin};
+use crate::support::{client, create_token_over_http, engine_bin};
 
 /// An admin and an export token made in `dir` before the server starts.
 async fn tokens(dir: &Path) -> (String, String, String) {
@@ -192,16 +192,14 @@ async fn an_export_is_recorded_before_its_first_byte_and_its_outcome_after() {
     assert_eq!(failed["reason"], "malformed credentials", "{failed}");
 
     // Tokens made and revoked over HTTP.
-    let made: Value = http
-        .post(server.url("/api/v1/tokens"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"name": "grafana", "scopes": ["read:**"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made = create_token_over_http(
+        &http,
+        &server.url("/api/v1/tokens"),
+        &admin,
+        "grafana",
+        &["read:**"],
+    )
+    .await;
     let made_id = made["id"].as_str().unwrap().to_owned();
     let revoked = http
         .delete(server.url(&format!("/api/v1/tokens/{made_id}")))

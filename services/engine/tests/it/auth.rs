@@ -18,7 +18,9 @@ use reqwest::{Method, StatusCode};
 use tokio::sync::oneshot;
 
 use crate::ingest_support::{free_port, wait_for_port};
-use crate::support::{TestStore, client, engine_bin, point, samples, sensor};
+use crate::support::{
+    TestStore, client, create_token_over_http, engine_bin, point, samples, sensor,
+};
 
 #[derive(Parser)]
 struct Flags {
@@ -765,16 +767,14 @@ async fn tokens_made_and_revoked_by_the_cli_apply_to_a_running_server() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The admin token manages tokens over HTTP.
-    let made: serde_json::Value = web
-        .post(format!("http://127.0.0.1:{http}/api/v1/tokens"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"name": "h", "scopes": ["write:x/*"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made = create_token_over_http(
+        &web,
+        &format!("http://127.0.0.1:{http}/api/v1/tokens"),
+        &admin,
+        "h",
+        &["write:x/*"],
+    )
+    .await;
     let new_secret = made["secret"].as_str().unwrap().to_owned();
     assert_eq!(get(new_secret).await, StatusCode::OK);
     let _ = child.kill();

@@ -56,6 +56,18 @@ fn wal_segments(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Publishes the `n`th NATS message of the test and returns its stream
+/// sequence once JetStream has it.
+async fn publish_nats(js: &async_nats::jetstream::Context, n: i64) -> u64 {
+    let payload = points_message("fd/nats", n * NATS_POINTS, NATS_POINTS, 0);
+    js.publish("sensors.fd", payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
 async fn status(http: &reqwest::Client, url: String) -> (u16, String) {
     let response = http.get(url).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -90,14 +102,7 @@ async fn the_server_fills_its_disk_on_every_path_and_recovers_when_it_grows() {
     let mut most_segments = 0;
     for round in 0i64.. {
         assert!(round < 20_000, "the disk never filled");
-        let payload = points_message("fd/nats", nats_messages * NATS_POINTS, NATS_POINTS, 0);
-        last_seq = js
-            .publish("sensors.fd", payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .sequence;
+        last_seq = publish_nats(&js, nats_messages).await;
         nats_messages += 1;
         if !grpc_full {
             let batch = grpc_acked.len() as i64;
@@ -150,14 +155,7 @@ async fn the_server_fills_its_disk_on_every_path_and_recovers_when_it_grows() {
     assert_eq!(code, 200);
     // A few more NATS messages arrive while it is full: they must wait.
     for _ in 0..5 {
-        let payload = points_message("fd/nats", nats_messages * NATS_POINTS, NATS_POINTS, 0);
-        last_seq = js
-            .publish("sensors.fd", payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .sequence;
+        last_seq = publish_nats(&js, nats_messages).await;
         nats_messages += 1;
     }
 

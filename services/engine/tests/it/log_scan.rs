@@ -15,7 +15,7 @@ use engine::grpc::pb::sensor_engine_client::SensorEngineClient;
 use reqwest::StatusCode;
 
 use crate::ingest_support::{free_port, wait_until_listening};
-use crate::support::{engine_bin, engine_log};
+use crate::support::{create_token_over_http, engine_bin, engine_log};
 
 /// The value of the session cookie a response sets.
 fn session_cookie(response: &reqwest::Response) -> String {
@@ -143,16 +143,14 @@ async fn no_secret_reaches_the_log_through_any_transport() {
     secrets.extend([unknown.clone(), malformed]);
 
     // A token made over HTTP, and one made by the CLI while the server runs.
-    let made: serde_json::Value = web
-        .post(url("/api/v1/tokens"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"name": "over-http", "scopes": ["read:**"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let made = create_token_over_http(
+        &web,
+        &url("/api/v1/tokens"),
+        &admin,
+        "over-http",
+        &["read:**"],
+    )
+    .await;
     let over_http = made["secret"].as_str().unwrap().to_owned();
     let cli = Command::new(engine_bin())
         .args(["token", "create", "--data-dir"])

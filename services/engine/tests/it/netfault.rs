@@ -128,59 +128,31 @@ impl Netns {
     fn impair(&self) -> &'static str {
         let ns = self.name.as_str();
         let netem = ["netem", "delay", "40ms", "20ms", "loss", "5%"];
-        let host = [
-            &["tc", "qdisc", "add", "dev", &self.host_if, "root"][..],
-            &netem,
-        ]
-        .concat();
-        let inside = [
-            &[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                &self.ns_if,
-                "root",
-            ][..],
-            &netem,
-        ]
-        .concat();
+        // The same queueing discipline on both ends of the link.
+        let both_ends = |qdisc: &[&'static str]| {
+            let host_if: &str = &self.host_if;
+            let ns_if: &str = &self.ns_if;
+            [
+                [&["tc", "qdisc", "add", "dev", host_if, "root"][..], qdisc].concat(),
+                [
+                    &[
+                        "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", ns_if, "root",
+                    ][..],
+                    qdisc,
+                ]
+                .concat(),
+            ]
+        };
+        let [host, inside] = both_ends(&netem);
         if run(&host).is_ok() {
             must(&inside);
             return "tc netem: 40±20 ms delay, 5 % loss each way";
         }
         // No sch_netem in this kernel: loss from nftables, delay from a
         // rate limit's queue.
-        let tbf = ["tbf", "rate", "4mbit", "burst", "16kb", "latency", "150ms"];
-        must(
-            &[
-                &["tc", "qdisc", "add", "dev", &self.host_if, "root"][..],
-                &tbf,
-            ]
-            .concat(),
-        );
-        must(
-            &[
-                &[
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "tc",
-                    "qdisc",
-                    "add",
-                    "dev",
-                    &self.ns_if,
-                    "root",
-                ][..],
-                &tbf,
-            ]
-            .concat(),
-        );
+        for command in both_ends(&["tbf", "rate", "4mbit", "burst", "16kb", "latency", "150ms"]) {
+            must(&command);
+        }
         let rules = format!(
             "table inet netfault {{ \
                chain input {{ type filter hook input priority 0; iifname \"{0}\" numgen random mod 100 < 5 drop; }}; \

@@ -482,6 +482,27 @@ pub fn test_config() -> HttpConfig {
     }
 }
 
+/// Creates a token over HTTP as `admin` (`POST` to `tokens_url`, the
+/// server's `/api/v1/tokens`) and returns the server's answer: `id`,
+/// `secret` and the rest.
+pub async fn create_token_over_http(
+    http: &reqwest::Client,
+    tokens_url: &str,
+    admin: &str,
+    name: &str,
+    scopes: &[&str],
+) -> serde_json::Value {
+    let response = http
+        .post(tokens_url)
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": name, "scopes": scopes}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{response:?}");
+    response.json().await.unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
