@@ -75,9 +75,9 @@ pub fn wal_segment(data: &[u8]) {
         return;
     };
     assert_eq!(
-        contents.intact_len + contents.torn_bytes,
+        contents.intact_len + contents.torn_bytes + contents.zero_tail,
         bytes.len() as u64,
-        "intact prefix and torn tail must cover the segment"
+        "intact prefix, torn tail and preallocated zeros must cover the segment"
     );
     if contents.records.is_empty() {
         return;

@@ -326,6 +326,10 @@ pub struct SegmentContents {
     pub intact_len: u64,
     /// Bytes of a torn tail after the intact prefix (0 when none).
     pub torn_bytes: u64,
+    /// Bytes of preallocated zeros after the intact prefix, never written
+    /// (see [`WalWriter::create`]; 0 when none). The three parts cover the
+    /// segment.
+    pub zero_tail: u64,
 }
 
 /// Reads every record of a segment. `newest` says whether it is the last
@@ -370,6 +374,7 @@ pub fn parse_segment(path: &Path, bytes: &[u8], newest: bool) -> Result<SegmentC
             Err(_) if bytes[at..].iter().all(|&b| b == 0) => {
                 // Preallocated space, never written: the clean end.
                 contents.intact_len = at as u64;
+                contents.zero_tail = (bytes.len() - at) as u64;
                 return Ok(contents);
             }
             Err(reason) => {
@@ -724,6 +729,7 @@ mod tests {
             let contents = read_segment(&path, newest).unwrap();
             assert_eq!(contents.records, records);
             assert_eq!((contents.intact_len, contents.torn_bytes), (intact, 0));
+            assert_eq!(contents.zero_tail, (64 << 10) - intact);
         }
         // A record cut short by a crash, zeros after it.
         let file = OpenOptions::new().write(true).open(&path).unwrap();
