@@ -122,8 +122,8 @@ impl WalWriter {
     /// `fdatasync` flushes the record alone instead of committing the
     /// filesystem journal, which on ext4 also waits for the blocks file's
     /// dirty pages (a checkpoint's). Readers take zeros after the last
-    /// record as the end of the segment. A disk too full for the zeros
-    /// gets a segment without them.
+    /// record as the end of the segment. A disk without room to spare for
+    /// the zeros gets a segment without them.
     pub fn create(
         dir: &Path,
         seq: u64,
@@ -258,6 +258,9 @@ pub fn segment_header() -> &'static [u8] {
 /// header and reports success: the segment then grows as it is written.
 fn fill_with_zeros(faults: &Faults, file: &File, len: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
+    if !room_to_spare(file, len) {
+        return Ok(());
+    }
     let zeros = vec![0u8; CHUNK.min(len as usize)];
     let mut at = MAGIC.len() as u64;
     while at < len {
@@ -271,6 +274,25 @@ fn fill_with_zeros(faults: &Faults, file: &File, len: u64) -> io::Result<()> {
         at += n as u64;
     }
     Ok(())
+}
+
+/// Free space a disk must keep beyond a segment's zeros for them to be
+/// written: the last megabytes of a nearly full disk go to records, the
+/// blocks and the audit trail, not to space reserved ahead.
+const PREALLOCATION_RESERVE: u64 = 256 << 20;
+
+/// Whether the filesystem of `file` has room for `len` bytes of zeros and
+/// [`PREALLOCATION_RESERVE`] besides.
+fn room_to_spare(file: &File, len: u64) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: fstatvfs writes into the struct it is given, on a descriptor
+    // this function borrows.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return false;
+    }
+    let free = (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64);
+    free >= len.saturating_add(PREALLOCATION_RESERVE)
 }
 
 /// Whether a segment holds anything after its header: a record, or part of
