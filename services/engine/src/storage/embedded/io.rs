@@ -201,8 +201,9 @@ impl GuardedBackend {
     /// window at a time, each waited for, before the sync itself. A fold
     /// commits megabytes at once; flushed in one go they sit in front of
     /// every WAL `fdatasync` issued meanwhile (the device flushes its whole
-    /// cache), which is what made writes wait for checkpoints. In windows,
-    /// a WAL sync waits for at most one. PostgreSQL spreads its checkpoint
+    /// cache). In windows, a WAL sync waits for at most one. Its effect on
+    /// the write-latency bench is not measured apart from the WAL changes
+    /// (BENCHMARKS.md). PostgreSQL spreads its checkpoint
     /// writes for the same reason (`checkpoint_flush_after`). Best effort:
     /// the sync that follows is what makes the data durable.
     fn write_back_paced(&self) {

@@ -258,7 +258,9 @@ pub fn segment_header() -> &'static [u8] {
 /// header and reports success: the segment then grows as it is written.
 fn fill_with_zeros(faults: &Faults, file: &File, len: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
-    if !room_to_spare(file, len) {
+    // Nothing to fill (a rotation under the WAL lock, a repair): no
+    // statvfs either.
+    if len <= MAGIC.len() as u64 || !room_to_spare(file, len) {
         return Ok(());
     }
     let zeros = vec![0u8; CHUNK.min(len as usize)];
