@@ -13,7 +13,11 @@
 //!
 //! The same run is repeated with checkpoints out of the way (a head limit
 //! larger than the run writes) as the reference: what the calls cost
-//! without any fold. Prints a markdown table.
+//! without any fold. A third column times the disk alone: what one
+//! `Write` call's WAL record costs the device (a preallocated file,
+//! overwritten at the same rate and size and `fdatasync`ed each time), the
+//! floor any engine that acknowledges after a sync stands on. Prints a
+//! markdown table.
 //!
 //! Run: `WRITE_BENCH_SECONDS=60 cargo bench --bench write_latency`.
 
@@ -209,6 +213,43 @@ async fn run_once(seconds: u64, options: EmbeddedOptions) -> Run {
     }
 }
 
+/// Bytes of WAL record one `Write` call of [`POINTS_PER_CALL`] points makes
+/// (about 20 bytes a point before the record's framing).
+const RECORD_BYTES: usize = POINTS_PER_CALL as usize * 20;
+
+/// The disk alone: [`CALLS_PER_SECOND`] overwrites a second of
+/// [`RECORD_BYTES`] into a file written full beforehand (as the WAL
+/// preallocates its segments), each followed by `fdatasync`; each timed.
+fn disk_alone(seconds: u64) -> Vec<Duration> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("segment");
+    let calls = (seconds * CALLS_PER_SECOND) as usize;
+    let mut file = std::fs::File::create(&path).unwrap();
+    let record = vec![0x5a_u8; RECORD_BYTES];
+    for _ in 0..calls {
+        file.write_all(&record).unwrap();
+    }
+    file.sync_all().unwrap();
+    let period = Duration::from_secs(1) / CALLS_PER_SECOND as u32;
+    let start = Instant::now();
+    let mut syncs = Vec::with_capacity(calls);
+    for call in 0..calls {
+        let due = start + period * call as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let started = Instant::now();
+        file.write_all_at(&record, (call * RECORD_BYTES) as u64)
+            .unwrap();
+        file.sync_data().unwrap();
+        syncs.push(started.elapsed());
+    }
+    syncs.sort();
+    syncs
+}
+
 fn main() {
     let seconds: u64 = std::env::var("WRITE_BENCH_SECONDS")
         .ok()
@@ -228,6 +269,7 @@ fn main() {
             ..EmbeddedOptions::default()
         },
     ));
+    let disk = disk_alone(seconds);
     println!(
         "Write latency, {seconds} s at 500k points/s through gRPC ({} calls of {POINTS_PER_CALL} points) \
          with NATS at 10k points/s alongside; load average at start: {}, at end: {}",
@@ -237,44 +279,47 @@ fn main() {
     );
     println!();
     println!(
-        "| Measurement | With checkpoints (~{} folds) | Reference: no checkpoint | Target |",
+        "| Measurement | With checkpoints (~{} folds) | Reference: no checkpoint | Disk alone: {RECORD_BYTES}-byte overwrite + `fdatasync` | Target |",
         with.folds
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     for (name, p) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
         println!(
-            "| gRPC `Write` call, {name} | {:.2} ms | {:.2} ms | |",
+            "| gRPC `Write` call, {name} | {:.2} ms | {:.2} ms | {:.2} ms | |",
             ms(percentile(&with.writes, p)),
-            ms(percentile(&without.writes, p))
+            ms(percentile(&without.writes, p)),
+            ms(percentile(&disk, p))
         );
     }
     println!(
-        "| gRPC `Write` call, max | {:.2} ms | {:.2} ms | |",
+        "| gRPC `Write` call, max | {:.2} ms | {:.2} ms | {:.2} ms | |",
         ms(*with.writes.last().unwrap()),
-        ms(*without.writes.last().unwrap())
+        ms(*without.writes.last().unwrap()),
+        ms(*disk.last().unwrap())
     );
-    let ratio = |run: &Run| {
-        percentile(&run.writes, 0.999).as_secs_f64() / percentile(&run.writes, 0.5).as_secs_f64()
+    let ratio = |times: &[Duration]| {
+        percentile(times, 0.999).as_secs_f64() / percentile(times, 0.5).as_secs_f64()
     };
     println!(
-        "| p99.9 / p50 | {:.2}x | {:.2}x | <= 3x |",
-        ratio(&with),
-        ratio(&without)
+        "| p99.9 / p50 | {:.2}x | {:.2}x | {:.2}x | <= 3x |",
+        ratio(&with.writes),
+        ratio(&without.writes),
+        ratio(&disk)
     );
     println!(
-        "| calls started late (> 10 ms behind the 100/s schedule) | {} | {} | |",
+        "| calls started late (> 10 ms behind the 100/s schedule) | {} | {} | | |",
         with.behind, without.behind
     );
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         println!(
-            "| NATS publish to visible (Subscribe), {name} | {:.1} ms | {:.1} ms | {} |",
+            "| NATS publish to visible (Subscribe), {name} | {:.1} ms | {:.1} ms | | {} |",
             ms(percentile(&with.visible, p)),
             ms(percentile(&without.visible, p)),
             if name == "p99" { "<= 20 ms" } else { "" }
         );
     }
     println!(
-        "| NATS publish to visible, max ({} messages) | {:.1} ms | {:.1} ms | |",
+        "| NATS publish to visible, max ({} messages) | {:.1} ms | {:.1} ms | | |",
         with.visible.len(),
         ms(*with.visible.last().unwrap()),
         ms(*without.visible.last().unwrap())
