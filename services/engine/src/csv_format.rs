@@ -27,6 +27,9 @@ use std::io::Read;
 
 use jiff::tz::TimeZone;
 
+mod fields;
+pub(crate) use fields::{FieldWriter, MAX_INT_BYTES, MAX_VALUE_BYTES};
+
 use crate::model::{PointBatch, check_timestamp};
 use crate::storage::{PointStream, StorageError, receiver_stream};
 
@@ -103,26 +106,24 @@ impl CsvEncoder {
     /// Appends one row per point of `batch`.
     pub fn write_batch(&self, batch: &PointBatch, out: &mut Vec<u8>) {
         let d = self.options.delimiter;
-        let mut ints = itoa::Buffer::new();
+        let mark = self.options.mark();
         let mut floats = ryu::Buffer::new();
-        // Worst case per row: 20 + 24 + 3 + separators; reserve once per batch.
+        // A typical row is under 32 bytes; reserve once per batch.
         out.reserve(batch.len() * 32);
+        let mut fields = FieldWriter::new(out);
         for i in 0..batch.len() {
-            out.extend_from_slice(ints.format(batch.timestamps[i]).as_bytes());
-            out.push(d);
-            write_value(
-                batch.values[i],
-                self.options.decimal_comma,
-                &mut floats,
-                out,
-            );
-            out.push(d);
-            out.extend_from_slice(ints.format(batch.qualities[i]).as_bytes());
+            fields.room(MAX_INT_BYTES + MAX_VALUE_BYTES + 6);
+            fields.int(batch.timestamps[i]);
+            fields.byte(d);
+            fields.value(batch.values[i], mark, &mut floats);
+            fields.byte(d);
+            fields.quality(batch.qualities[i]);
             if let Some(zone) = &self.options.time_zone {
-                out.push(d);
-                write_local_time(batch.timestamps[i], zone, out);
+                fields.byte(d);
+                fields.with_vec(|out| write_local_time(batch.timestamps[i], zone, out));
+                fields.room(1);
             }
-            out.push(b'\n');
+            fields.byte(b'\n');
         }
     }
 }
@@ -137,76 +138,38 @@ pub fn write_local_time(timestamp_ms: i64, zone: &TimeZone, out: &mut Vec<u8>) {
     }
 }
 
+impl CsvOptions {
+    /// The decimal mark of values.
+    pub fn mark(&self) -> u8 {
+        if self.decimal_comma { b',' } else { b'.' }
+    }
+}
+
 /// A value: ryu's shortest round-trip decimal, `NaN`, `inf`, `-inf`; with
-/// the Excel preset `-inf` becomes `'-inf` (text, not a formula).
-pub fn write_float(value: f64, options: &CsvOptions, floats: &mut ryu::Buffer, out: &mut Vec<u8>) {
-    if options.excel && value == f64::NEG_INFINITY {
-        out.extend_from_slice(b"'-inf");
-        return;
-    }
-    write_value(value, options.decimal_comma, floats, out);
-}
-
-/// A value as ryu's shortest round-trip decimal, with `,` as the decimal
-/// mark when asked; exact decimals of up to six places take a fast path.
-fn write_value(value: f64, decimal_comma: bool, floats: &mut ryu::Buffer, out: &mut Vec<u8>) {
-    let mark = if decimal_comma { b',' } else { b'.' };
-    if write_short_decimal(value, mark, out) {
-        return;
-    }
-    let text = floats.format(value).as_bytes();
-    if decimal_comma {
-        out.extend(text.iter().map(|&b| if b == b'.' { b',' } else { b }));
-    } else {
-        out.extend_from_slice(text);
-    }
-}
-
-/// Writes `value` if it is an exact decimal of at most six places between
-/// 1e-5 and 1e9 in magnitude (what most sensors send: `21.5`, `0.125`,
-/// `1013.25`), byte for byte as ryu would, without its general algorithm
-/// (a 1M-row CSV formats in 0.7x the time, `cargo bench --bench export`); returns
-/// false, writing nothing, for every other value.
-///
-/// Why it is the same text: `n / 1e6` with `|n| < 1e15` has at most 15
-/// significant digits, and two decimals of at most 15 digits are never
-/// within one rounding interval of an f64 (2^-53 relative), so when that
-/// decimal parses to `value` (checked: the division is correctly rounded,
-/// like a parse, since `n` and `1e6` are exact) it is the unique shortest
-/// one, which is what ryu prints; in this magnitude range ryu prints it
-/// positionally (`0.00001`, `21.0`), never with an exponent.
+/// the Excel preset `-inf` becomes `'-inf` (text, not a formula). Needs
+/// room for [`MAX_VALUE_BYTES`].
 #[inline]
+pub(crate) fn write_float(
+    value: f64,
+    options: &CsvOptions,
+    floats: &mut ryu::Buffer,
+    fields: &mut FieldWriter,
+) {
+    if options.excel && value == f64::NEG_INFINITY {
+        fields.bytes(b"'-inf");
+        return;
+    }
+    fields.value(value, options.mark(), floats);
+}
+
+/// Appends `value` if it is an exact decimal of at most six places between
+/// 1e-5 and 1e9 in magnitude, byte for byte as ryu would; returns false,
+/// appending nothing, for every other value (see
+/// [`FieldWriter::short_decimal`]).
 pub(crate) fn write_short_decimal(value: f64, mark: u8, out: &mut Vec<u8>) -> bool {
-    const SCALE: f64 = 1e6;
-    let magnitude = value.abs();
-    if !(1e-5..1e9).contains(&magnitude) {
-        return false;
-    }
-    let scaled = (magnitude * SCALE).round();
-    if scaled / SCALE != magnitude {
-        return false;
-    }
-    let scaled = scaled as u64;
-    if value.is_sign_negative() {
-        out.push(b'-');
-    }
-    let mut ints = itoa::Buffer::new();
-    out.extend_from_slice(ints.format(scaled / 1_000_000).as_bytes());
-    out.push(mark);
-    let mut fraction = (scaled % 1_000_000) as u32;
-    if fraction == 0 {
-        out.push(b'0');
-        return true;
-    }
-    let mut places = 6;
-    while fraction.is_multiple_of(10) {
-        fraction /= 10;
-        places -= 1;
-    }
-    let digits = ints.format(fraction).as_bytes();
-    out.extend(std::iter::repeat_n(b'0', places - digits.len()));
-    out.extend_from_slice(digits);
-    true
+    let mut fields = FieldWriter::new(out);
+    fields.room_exact(MAX_VALUE_BYTES);
+    fields.short_decimal(value, mark)
 }
 
 /// A text field: quoted when it holds the delimiter, a quote or a line

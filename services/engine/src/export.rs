@@ -326,7 +326,7 @@ where
                 // Formatting is CPU work of about a millisecond per chunk:
                 // spawned, so it runs on the other core while this task reads.
                 tokio::spawn(async move {
-                    let mut out = Vec::with_capacity(256 * 1024);
+                    let mut out = Vec::new();
                     encode(item, &mut out);
                     match encoding {
                         None => Ok(compress::Compressed {

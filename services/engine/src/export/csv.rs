@@ -3,7 +3,8 @@
 
 use super::table::{Cells, Chunk, Schema};
 use crate::csv_format::{
-    CsvOptions, UTF8_BOM, text_field, write_excel_local_time, write_float, write_local_time,
+    CsvOptions, FieldWriter, MAX_INT_BYTES, MAX_VALUE_BYTES, UTF8_BOM, text_field,
+    write_excel_local_time, write_float, write_local_time,
 };
 
 /// Writes export tables ([`Schema`] + [`Chunk`]s) as CSV: several sensors
@@ -18,6 +19,8 @@ pub struct TableCsvEncoder {
     schema: Schema,
     /// Each sensor id as a finished field (quoted and escaped as needed).
     sensor_fields: Vec<Vec<u8>>,
+    /// The most bytes a row's fields take before its local time.
+    row_bytes: usize,
 }
 
 impl TableCsvEncoder {
@@ -26,11 +29,15 @@ impl TableCsvEncoder {
             .sensors
             .iter()
             .map(|id| text_field(id.as_str(), &options))
-            .collect();
+            .collect::<Vec<_>>();
+        let longest_sensor = sensor_fields.iter().map(Vec::len).max().unwrap_or(0);
+        let row_bytes =
+            longest_sensor + MAX_INT_BYTES + schema.columns.len() * (MAX_VALUE_BYTES + 1) + 3;
         Self {
             options,
             schema,
             sensor_fields,
+            row_bytes,
         }
     }
 
@@ -59,41 +66,41 @@ impl TableCsvEncoder {
     /// Appends one line per row of `chunk`.
     pub fn write_chunk(&self, chunk: &Chunk, out: &mut Vec<u8>) {
         let d = self.options.delimiter;
-        let mut ints = itoa::Buffer::new();
         let mut floats = ryu::Buffer::new();
         out.reserve(chunk.len() * (16 + 20 * chunk.columns.len()));
+        let mut fields = FieldWriter::new(out);
         for row in 0..chunk.len() {
+            fields.room(self.row_bytes);
             if self.schema.long {
-                out.extend_from_slice(&self.sensor_fields[chunk.sensors[row] as usize]);
-                out.push(d);
+                fields.bytes(&self.sensor_fields[chunk.sensors[row] as usize]);
+                fields.byte(d);
             }
-            out.extend_from_slice(ints.format(chunk.timestamps[row]).as_bytes());
+            fields.int(chunk.timestamps[row]);
             for column in &chunk.columns {
-                out.push(d);
+                fields.byte(d);
                 if !column.is_present(row) {
                     continue;
                 }
                 match &column.cells {
                     Cells::Float(values) => {
-                        write_float(values[row], &self.options, &mut floats, out);
+                        write_float(values[row], &self.options, &mut floats, &mut fields);
                     }
-                    Cells::Quality(qualities) => {
-                        out.extend_from_slice(ints.format(qualities[row]).as_bytes());
-                    }
-                    Cells::Count(counts) => {
-                        out.extend_from_slice(ints.format(counts[row]).as_bytes());
-                    }
+                    Cells::Quality(qualities) => fields.quality(qualities[row]),
+                    Cells::Count(counts) => fields.uint(counts[row]),
                 }
             }
             if let Some(zone) = &self.options.time_zone {
-                out.push(d);
-                if self.options.excel {
-                    write_excel_local_time(chunk.timestamps[row], zone, &self.options, out);
-                } else {
-                    write_local_time(chunk.timestamps[row], zone, out);
-                }
+                fields.byte(d);
+                fields.with_vec(|out| {
+                    if self.options.excel {
+                        write_excel_local_time(chunk.timestamps[row], zone, &self.options, out);
+                    } else {
+                        write_local_time(chunk.timestamps[row], zone, out);
+                    }
+                });
+                fields.room(1);
             }
-            out.push(b'\n');
+            fields.byte(b'\n');
         }
     }
 }
