@@ -37,7 +37,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::io::{Faults, IoTarget, is_disk_full};
+use super::io::{Faults, IoTarget, free_bytes, is_disk_full};
 use crate::model::{Point, SensorId};
 
 const MAGIC: &[u8; 8] = b"SNSWAL02";
@@ -148,7 +148,7 @@ impl WalWriter {
             .map_err(classify)?;
         let written = faults
             .write_at(IoTarget::Wal, &file, MAGIC, 0)
-            .and_then(|()| fill_with_zeros(&faults, &file, preallocate))
+            .and_then(|()| fill_with_zeros(&faults, &file, dir, preallocate))
             .and_then(|()| faults.sync(IoTarget::Wal, &file))
             .and_then(|()| sync_dir(dir));
         if let Err(error) = written {
@@ -254,13 +254,14 @@ pub fn segment_header() -> &'static [u8] {
 }
 
 /// Writes zeros after the header up to `len` bytes (see
-/// [`WalWriter::create`]). Out of space, it cuts the file back to its
-/// header and reports success: the segment then grows as it is written.
-fn fill_with_zeros(faults: &Faults, file: &File, len: u64) -> io::Result<()> {
+/// [`WalWriter::create`]) into `file`, a segment in `dir`. Out of space, it
+/// cuts the file back to its header and reports success: the segment then
+/// grows as it is written.
+fn fill_with_zeros(faults: &Faults, file: &File, dir: &Path, len: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
     // Nothing to fill (a rotation under the WAL lock, a repair): no
     // statvfs either.
-    if len <= MAGIC.len() as u64 || !room_to_spare(file, len) {
+    if len <= MAGIC.len() as u64 || !room_to_spare(dir, len) {
         return Ok(());
     }
     let zeros = vec![0u8; CHUNK.min(len as usize)];
@@ -283,18 +284,10 @@ fn fill_with_zeros(faults: &Faults, file: &File, len: u64) -> io::Result<()> {
 /// blocks and the audit trail, not to space reserved ahead.
 const PREALLOCATION_RESERVE: u64 = 256 << 20;
 
-/// Whether the filesystem of `file` has room for `len` bytes of zeros and
+/// Whether the filesystem of `dir` has room for `len` bytes of zeros and
 /// [`PREALLOCATION_RESERVE`] besides.
-fn room_to_spare(file: &File, len: u64) -> bool {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: fstatvfs writes into the struct it is given, on a descriptor
-    // this function borrows.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut stat) } != 0 {
-        return false;
-    }
-    let free = (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64);
-    free >= len.saturating_add(PREALLOCATION_RESERVE)
+fn room_to_spare(dir: &Path, len: u64) -> bool {
+    free_bytes(dir).is_some_and(|free| free >= len.saturating_add(PREALLOCATION_RESERVE))
 }
 
 /// Whether a segment holds anything after its header: a record, or part of
