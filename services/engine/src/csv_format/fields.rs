@@ -115,7 +115,7 @@ impl<'a> FieldWriter<'a> {
     /// A value as ryu's shortest round-trip decimal, `NaN`, `inf` or `-inf`,
     /// with `mark` as the decimal mark; exact decimals of up to six places
     /// take [`short_decimal`](Self::short_decimal).
-    #[inline]
+    #[inline(always)]
     pub fn value(&mut self, value: f64, mark: u8, floats: &mut ryu::Buffer) {
         if self.short_decimal(value, mark) {
             return;
@@ -144,7 +144,7 @@ impl<'a> FieldWriter<'a> {
     /// rounded, like a parse, since `n` and `1e6` are exact) it is the unique
     /// shortest one, which is what ryu prints; in this magnitude range ryu
     /// prints it positionally (`0.00001`, `21.0`), never with an exponent.
-    #[inline]
+    #[inline(always)]
     pub fn short_decimal(&mut self, value: f64, mark: u8) -> bool {
         const SCALE: f64 = 1e6;
         let magnitude = value.abs();
@@ -188,10 +188,45 @@ impl<'a> FieldWriter<'a> {
 
     /// `n`'s decimal digits.
     #[inline]
-    pub fn uint(&mut self, mut n: u64) {
-        let len = n.checked_ilog10().map_or(1, |log| log as usize + 1);
+    pub fn uint(&mut self, n: u64) {
+        if n < 100 {
+            self.below_100(n as usize);
+        } else {
+            self.uint_from_100(n);
+        }
+    }
+
+    /// One or two digits: most values' whole part.
+    #[inline(always)]
+    fn below_100(&mut self, n: usize) {
+        if n < 10 {
+            self.buf[self.pos] = b'0' + n as u8;
+            self.pos += 1;
+        } else {
+            self.buf[self.pos..self.pos + 2].copy_from_slice(&DIGIT_PAIRS[2 * n..2 * n + 2]);
+            self.pos += 2;
+        }
+    }
+
+    /// Three digits or more, eight at a time from the right: the eight are
+    /// four independent pairs, not a chain of divisions by 100 (a
+    /// timestamp's 13 digits were a chain of six).
+    fn uint_from_100(&mut self, mut n: u64) {
+        let len = n.ilog10() as usize + 1;
         let digits = &mut self.buf[self.pos..self.pos + len];
         let mut end = len;
+        while n >= 100_000_000 {
+            let eight = (n % 100_000_000) as u32;
+            n /= 100_000_000;
+            let (high, low) = ((eight / 10_000) as usize, (eight % 10_000) as usize);
+            let pairs = [high / 100, high % 100, low / 100, low % 100];
+            for (i, pair) in pairs.into_iter().enumerate() {
+                digits[end - 8 + 2 * i..end - 6 + 2 * i]
+                    .copy_from_slice(&DIGIT_PAIRS[2 * pair..2 * pair + 2]);
+            }
+            end -= 8;
+        }
+        let mut n = n as u32;
         while n >= 100 {
             let pair = (n % 100) as usize;
             n /= 100;
@@ -202,7 +237,7 @@ impl<'a> FieldWriter<'a> {
             let pair = n as usize;
             digits[end - 2..end].copy_from_slice(&DIGIT_PAIRS[2 * pair..2 * pair + 2]);
         } else {
-            digits[end - 1] = b'0' + n as u8;
+            digits[0] = b'0' + n as u8;
         }
         self.pos += len;
     }
