@@ -291,6 +291,16 @@ impl StorageEngine for LiveStorage {
         self.inner.scan(sensor_id, range)
     }
 
+    /// Forwarded: the inner store may decode into one batch.
+    async fn read_prefix(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        limit: usize,
+    ) -> Result<PointBatch, StorageError> {
+        self.inner.read_prefix(sensor_id, range, limit).await
+    }
+
     async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
         self.inner.sensors().await
     }

@@ -314,6 +314,13 @@ impl PointBatch {
         self.qualities.extend_from_slice(&other.qualities);
     }
 
+    /// Keeps the first `len` points.
+    pub fn truncate(&mut self, len: usize) {
+        self.timestamps.truncate(len);
+        self.values.truncate(len);
+        self.qualities.truncate(len);
+    }
+
     pub fn clear(&mut self) {
         self.timestamps.clear();
         self.values.clear();

@@ -174,6 +174,30 @@ pub trait StorageEngine: Send + Sync + 'static {
     /// [`StorageEngine::sensor`] first to tell "unknown" from "empty range".
     fn scan(&self, sensor_id: &SensorId, range: TimeRange) -> PointStream;
 
+    /// The first points of one sensor's `range`, in order, as one batch: all
+    /// of them, or, once more than `limit` are read, those read so far (a
+    /// stored chunk more at most). For exports that merge sensors a time
+    /// window at a time and must bound a window's points.
+    ///
+    /// The default collects [`scan`](StorageEngine::scan); a store that can
+    /// decode into one batch without a hand-off per block should override it.
+    async fn read_prefix(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        limit: usize,
+    ) -> Result<PointBatch, StorageError> {
+        let mut collected = PointBatch::default();
+        let mut scan = self.scan(sensor_id, range);
+        while collected.len() <= limit {
+            match scan.next().await {
+                Some(batch) => collected.extend_from_batch(&batch?),
+                None => break,
+            }
+        }
+        Ok(collected)
+    }
+
     /// Every sensor with its point count and time span, ordered by id.
     async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError>;
 

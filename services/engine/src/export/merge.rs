@@ -17,7 +17,6 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use super::table::{Cells, Chunk, Column};
@@ -144,25 +143,17 @@ async fn fetch_window(plan: &MergePlan, from: i64, to: i64) -> Result<Window, St
     let mut points = 0;
     let mut batches = Vec::with_capacity(plan.sensors.len());
     for id in plan.sensors.iter() {
-        let mut collected = PointBatch::default();
-        let mut scan = plan.storage.scan(
-            id,
-            TimeRange {
-                start_ms: from,
-                end_ms: end,
-            },
-        );
-        while let Some(batch) = scan.next().await {
-            let batch = batch?;
-            collected.extend_from_batch(&batch);
-            if points + collected.len() > WINDOW_CAP {
-                let keep = (WINDOW_CAP - points.min(WINDOW_CAP)).max(1);
-                end = collected.timestamps[keep - 1] + 1;
-                break;
-            }
+        let range = TimeRange {
+            start_ms: from,
+            end_ms: end,
+        };
+        let limit = WINDOW_CAP - points.min(WINDOW_CAP);
+        let mut collected = plan.storage.read_prefix(id, range, limit).await?;
+        if collected.len() > limit {
+            let keep = limit.max(1);
+            end = collected.timestamps[keep - 1] + 1;
+            collected.truncate(keep);
         }
-        drop(scan);
-        truncate_before(&mut collected, end);
         points += collected.len();
         batches.push(collected);
     }
@@ -180,10 +171,7 @@ async fn fetch_window(plan: &MergePlan, from: i64, to: i64) -> Result<Window, St
 }
 
 fn truncate_before(batch: &mut PointBatch, end: i64) {
-    let keep = batch.timestamps.partition_point(|&t| t < end);
-    batch.timestamps.truncate(keep);
-    batch.values.truncate(keep);
-    batch.qualities.truncate(keep);
+    batch.truncate(batch.timestamps.partition_point(|&t| t < end));
 }
 
 /// Merges a window's batches into chunks of the plan's layout.

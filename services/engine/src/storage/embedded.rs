@@ -1402,6 +1402,20 @@ impl StorageEngine for EmbeddedStore {
         receiver_stream(receiver)
     }
 
+    async fn read_prefix(
+        &self,
+        sensor_id: &SensorId,
+        range: TimeRange,
+        limit: usize,
+    ) -> Result<PointBatch, StorageError> {
+        let Some(snapshot) = self.inner.scan_snapshot(sensor_id, range)? else {
+            return Ok(PointBatch::default());
+        };
+        tokio::task::spawn_blocking(move || snapshot.read_prefix(limit))
+            .await
+            .map_err(join_error)?
+    }
+
     async fn sensors(&self) -> Result<Vec<SensorInfo>, StorageError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.sensor_infos(None))

@@ -660,6 +660,57 @@ pub async fn downsample_keeps_every_peak_and_dip(mut backend: impl Backend) {
     assert_eq!((unknown.count, unknown.points.len()), (0, 0));
 }
 
+/// `read_prefix` gives the scan's first points: all of them, or more than
+/// the limit; over blocks, the head, rewritten points, and ranges that
+/// start and end inside blocks.
+pub async fn read_prefix_is_the_start_of_the_scan(mut backend: impl Backend) {
+    let store = backend.open().await;
+    let id = sensor("prefix");
+    let mut rng = Rng::new(0x9F1E);
+    for run in 0..3i64 {
+        let points: Vec<Point> = (0..20_000)
+            .map(|i| point(run * 50_000 + i * 2, i as f64 * 0.25, 192))
+            .collect();
+        store.write(samples(&id, points)).await.unwrap();
+    }
+    // Rewrites and new points scattered over the runs: merged on read.
+    let scattered: Vec<Point> = (0..500)
+        .map(|_| point(rng.range(0, 150_000), rng.range(-99, 99) as f64, 7))
+        .collect();
+    store.write(samples(&id, scattered)).await.unwrap();
+    let store = reopen(&mut backend, store).await;
+    store
+        .write(samples(&id, [point(25_001, -1.5, 1), point(170_000, 2.5, 2)]))
+        .await
+        .unwrap();
+    for (start, end) in [
+        (0, 200_000),
+        (1, 150_000),
+        (39_999, 50_001),
+        (12_345, 112_345),
+        (-10, 5),
+        (40_000, 50_000),
+    ] {
+        let range = TimeRange::new(start, end).unwrap();
+        let all = scan_all(&*store, &id, range).await;
+        for limit in [0, 1, 4_999, 30_000, usize::MAX] {
+            let read = store.read_prefix(&id, range, limit).await.unwrap();
+            let read: Vec<Point> = (0..read.len()).map(|i| read.point(i)).collect();
+            assert!(
+                read.len() == all.len() || read.len() > limit,
+                "[{start},{end}) limit {limit}: {} of {}",
+                read.len(),
+                all.len()
+            );
+            assert_eq!(
+                bits(&read),
+                bits(&all[..read.len()]),
+                "[{start},{end}) limit {limit}"
+            );
+        }
+    }
+}
+
 pub async fn writes_after_close_fail(mut backend: impl Backend) {
     let store = backend.open().await;
     store.close().await.unwrap();
@@ -689,6 +740,7 @@ macro_rules! conformance_tests {
                 random_operations_match_a_model,
                 scans_stay_consistent_during_writes,
                 downsample_keeps_every_peak_and_dip,
+                read_prefix_is_the_start_of_the_scan,
                 writes_after_close_fail
             );
         }

@@ -685,6 +685,74 @@ impl ScanSnapshot {
         Ok(())
     }
 
+    /// The points in range, in order, as one batch: all of them, or once
+    /// more than `limit` are read, the ones read so far (a whole block
+    /// more at most). The blocks are decoded straight into the batch: no
+    /// batch per block, no hand-off per block to another thread.
+    pub fn read_prefix(self, limit: usize) -> Result<PointBatch, StorageError> {
+        let TimeRange { start_ms, end_ms } = self.range;
+        let mut head = &self.head[..];
+        let mut out = PointBatch::default();
+        let blocks = self.txn.open_table(BLOCKS).map_err(backend)?;
+        let from = match blocks
+            .range((self.key, i64::MIN)..=(self.key, start_ms))
+            .map_err(backend)?
+            .next_back()
+        {
+            Some(entry) => entry.map_err(backend)?.0.value().1,
+            None => start_ms,
+        };
+        for entry in blocks
+            .range((self.key, from)..(self.key, end_ms))
+            .map_err(backend)?
+        {
+            if out.len() > limit {
+                return Ok(out);
+            }
+            let (_, block) = entry.map_err(backend)?;
+            let block_last = codec::header(block.value()).map_err(corrupt)?.last_ts;
+            let merged_head = head.partition_point(|p| p.point.timestamp_ms <= block_last);
+            if merged_head == 0 {
+                // The common case: decoded in place, then cut to the range
+                // (only the first block can start before it, only the last
+                // end after it).
+                let before = out.len();
+                let header = codec::decode_into(block.value(), &mut out).map_err(corrupt)?;
+                if before == 0 {
+                    trim_to_range(&mut out, start_ms, end_ms);
+                    // Room for the range at this block's density (up to the
+                    // limit), so the batch is not regrown and recopied.
+                    let span = (header.last_ts - header.first_ts).max(1) as f64;
+                    let rest = (end_ms as f64 - header.last_ts as f64).max(0.0);
+                    let expected = (header.count as f64 * rest / span * 1.05) as usize;
+                    let room = expected.min(limit.saturating_add(MAX_BLOCK_POINTS));
+                    out.timestamps.reserve(room);
+                    out.values.reserve(room);
+                    out.qualities.reserve(room);
+                } else {
+                    let keep = before + out.timestamps[before..].partition_point(|&t| t < end_ms);
+                    out.truncate(keep);
+                }
+                continue;
+            }
+            let mut batch = PointBatch::with_capacity(MAX_BLOCK_POINTS);
+            codec::decode_into(block.value(), &mut batch).map_err(corrupt)?;
+            trim_to_range(&mut batch, start_ms, end_ms);
+            let batch = if batch.is_empty() {
+                batch
+            } else {
+                let merged = merge_for_read(block.value(), batch, &head[..merged_head])?;
+                head = &head[merged_head..];
+                merged
+            };
+            out.extend_from_batch(&batch);
+        }
+        for point in head {
+            out.push(point.point);
+        }
+        Ok(out)
+    }
+
     /// M4 over the snapshot. A block that lies inside the range and inside
     /// one bucket, with no head point in its span, is folded from its
     /// summary without being read; only blocks at bucket edges are decoded.
