@@ -680,7 +680,10 @@ pub async fn read_prefix_is_the_start_of_the_scan(mut backend: impl Backend) {
     store.write(samples(&id, scattered)).await.unwrap();
     let store = reopen(&mut backend, store).await;
     store
-        .write(samples(&id, [point(25_001, -1.5, 1), point(170_000, 2.5, 2)]))
+        .write(samples(
+            &id,
+            [point(25_001, -1.5, 1), point(170_000, 2.5, 2)],
+        ))
         .await
         .unwrap();
     for (start, end) in [
