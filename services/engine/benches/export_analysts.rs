@@ -102,10 +102,41 @@ fn curl(url: &str, extra: &[&str], out: &str) -> (f64, u64) {
 }
 
 fn timed(runs: usize, url: &str, extra: &[&str]) -> (f64, u64) {
+    let (seconds, bytes, _) = timed_with_cpu(runs, url, extra);
+    (seconds, bytes)
+}
+
+/// Median seconds to last byte, bytes, and median CPU seconds a download
+/// cost: the server (this process) and curl together.
+fn timed_with_cpu(runs: usize, url: &str, extra: &[&str]) -> (f64, u64, f64) {
     curl(url, extra, "/dev/null");
-    let samples: Vec<(f64, u64)> = (0..runs).map(|_| curl(url, extra, "/dev/null")).collect();
-    let bytes = samples[0].1;
-    (median(samples.into_iter().map(|s| s.0).collect()), bytes)
+    let mut seconds = Vec::with_capacity(runs);
+    let mut cpu = Vec::with_capacity(runs);
+    let mut bytes = 0;
+    for _ in 0..runs {
+        let before = cpu_seconds();
+        let (s, b) = curl(url, extra, "/dev/null");
+        cpu.push(cpu_seconds() - before);
+        seconds.push(s);
+        bytes = b;
+    }
+    (median(seconds), bytes, median(cpu))
+}
+
+/// CPU seconds used so far by this process and by the children it waited
+/// for (the curls).
+fn cpu_seconds() -> f64 {
+    let mut total = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut usage) } == 0 {
+            for time in [usage.ru_utime, usage.ru_stime] {
+                total += time.tv_sec as f64 + time.tv_usec as f64 * 1e-6;
+            }
+        }
+    }
+    total
 }
 
 async fn load(store: &EmbeddedStore, sensor: &str, index: usize, points: usize) {
@@ -194,9 +225,9 @@ fn main() {
     let duckdb = duckdb_reference(&url(&one), work.path(), runs);
 
     // CSV, plain and compressed as a browser asks.
-    let (csv_s, csv_bytes) = timed(runs, &url(&one), &[]);
+    let (csv_s, csv_bytes, csv_cpu) = timed_with_cpu(runs, &url(&one), &[]);
     let chromium = "Accept-Encoding: gzip, deflate, br, zstd";
-    let (zstd_s, zstd_bytes) = timed(runs, &url(&one), &["-H", chromium]);
+    let (zstd_s, zstd_bytes, zstd_cpu) = timed_with_cpu(runs, &url(&one), &["-H", chromium]);
     let (gzip_s, gzip_bytes) = timed(runs, &url(&one), &["-H", "Accept-Encoding: gzip"]);
 
     // Several sensors.
@@ -294,6 +325,14 @@ fn main() {
         ms(zstd_s),
         mb(zstd_bytes),
         zstd_s / csv_s
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "| CPU per 1M-row CSV download, server and curl: uncompressed, zstd | {:.1} ms, {:.1} ms: zstd can finish no sooner than {:.1} ms on {cores} cores = {:.2}x the uncompressed time | - |",
+        ms(csv_cpu),
+        ms(zstd_cpu),
+        ms(zstd_cpu / cores),
+        zstd_cpu / cores / csv_s
     );
     println!(
         "| 1M rows CSV, Accept-Encoding: gzip | {:.1} ms, {:.1} MB = {:.2}x the uncompressed time | <= 1.5x |",

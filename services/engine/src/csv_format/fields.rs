@@ -155,7 +155,10 @@ impl<'a> FieldWriter<'a> {
         // branch on the fraction cost more than this path's digits, and a
         // sum that rounds the wrong way only fails the exact check below.
         // In i64, which converts to and from f64 in one instruction.
-        let n = (magnitude * SCALE + 0.5) as i64;
+        // SAFETY: `magnitude * SCALE + 0.5` is finite, non-negative and
+        // below 1e15 (the range check above), so it fits an i64; the
+        // unchecked conversion skips `as`'s saturation and NaN handling.
+        let n: i64 = unsafe { (magnitude * SCALE + 0.5).to_int_unchecked() };
         if n as f64 / SCALE != magnitude {
             return false;
         }

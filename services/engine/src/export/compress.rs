@@ -73,7 +73,7 @@ impl Encoding {
     pub fn compress(self, data: &[u8]) -> std::io::Result<Compressed> {
         match self {
             Encoding::Zstd => Ok(Compressed {
-                bytes: Bytes::from(zstd::bulk::compress(data, ZSTD_LEVEL)?),
+                bytes: Bytes::from(zstd_frame(data)?),
                 crc: crc32fast::Hasher::new(),
                 len: data.len() as u64,
             }),
@@ -121,6 +121,31 @@ impl Encoding {
             }
         }
     }
+}
+
+thread_local! {
+    /// A zstd context per encoding thread, reused chunk after chunk: a new
+    /// one per chunk allocated and cleared its tables every time.
+    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `data` as one zstd frame, at [`ZSTD_LEVEL`] with a 4K-entry hash table
+/// (level -3 sizes it 8K for chunks this large): 10% faster on export CSV
+/// (`zstd -b --fast=3 --zstd=hlog=12 -B256K`: 624 against 564 MB/s), the
+/// same size.
+fn zstd_frame(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    ZSTD.with_borrow_mut(|slot| {
+        let compressor = match slot {
+            Some(compressor) => compressor,
+            None => {
+                let mut compressor = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+                compressor.set_parameter(zstd::zstd_safe::CParameter::HashLog(12))?;
+                slot.insert(compressor)
+            }
+        };
+        compressor.compress(data)
+    })
 }
 
 /// A compressed chunk, with the CRC and length of what it holds.
