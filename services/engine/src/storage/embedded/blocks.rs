@@ -641,12 +641,15 @@ impl ScanSnapshot {
         }
     }
 
-    fn produce_batches(&self, sender: &Sender) -> Result<(), StorageError> {
+    /// The sensor's entries (blocks or their summaries, keyed alike) that
+    /// may hold points of the range: from the one that starts at or before
+    /// the range start, which may reach into it.
+    fn entries<'t, V: redb::Value + 'static>(
+        &self,
+        table: &'t impl ReadableTable<(u32, i64), V>,
+    ) -> Result<redb::Range<'t, (u32, i64), V>, StorageError> {
         let TimeRange { start_ms, end_ms } = self.range;
-        let mut head = &self.head[..];
-        let blocks = self.txn.open_table(BLOCKS).map_err(backend)?;
-        // The block that starts at or before the range may reach into it.
-        let from = match blocks
+        let from = match table
             .range((self.key, i64::MIN)..=(self.key, start_ms))
             .map_err(backend)?
             .next_back()
@@ -654,10 +657,16 @@ impl ScanSnapshot {
             Some(entry) => entry.map_err(backend)?.0.value().1,
             None => start_ms,
         };
-        for entry in blocks
+        table
             .range((self.key, from)..(self.key, end_ms))
-            .map_err(backend)?
-        {
+            .map_err(backend)
+    }
+
+    fn produce_batches(&self, sender: &Sender) -> Result<(), StorageError> {
+        let TimeRange { start_ms, end_ms } = self.range;
+        let mut head = &self.head[..];
+        let blocks = self.txn.open_table(BLOCKS).map_err(backend)?;
+        for entry in self.entries(&blocks)? {
             let (_, block) = entry.map_err(backend)?;
             let mut batch = PointBatch::with_capacity(MAX_BLOCK_POINTS);
             codec::decode_into(block.value(), &mut batch).map_err(corrupt)?;
@@ -694,18 +703,7 @@ impl ScanSnapshot {
         let mut head = &self.head[..];
         let mut out = PointBatch::default();
         let blocks = self.txn.open_table(BLOCKS).map_err(backend)?;
-        let from = match blocks
-            .range((self.key, i64::MIN)..=(self.key, start_ms))
-            .map_err(backend)?
-            .next_back()
-        {
-            Some(entry) => entry.map_err(backend)?.0.value().1,
-            None => start_ms,
-        };
-        for entry in blocks
-            .range((self.key, from)..(self.key, end_ms))
-            .map_err(backend)?
-        {
+        for entry in self.entries(&blocks)? {
             if out.len() > limit {
                 return Ok(out);
             }
@@ -762,18 +760,7 @@ impl ScanSnapshot {
         let mut head = &self.head[..];
         let blocks = self.txn.open_table(BLOCKS).map_err(backend)?;
         let summaries = self.txn.open_table(SUMMARIES).map_err(backend)?;
-        let from = match summaries
-            .range((self.key, i64::MIN)..=(self.key, start_ms))
-            .map_err(backend)?
-            .next_back()
-        {
-            Some(entry) => entry.map_err(backend)?.0.value().1,
-            None => start_ms,
-        };
-        for entry in summaries
-            .range((self.key, from)..(self.key, end_ms))
-            .map_err(backend)?
-        {
+        for entry in self.entries(&summaries)? {
             let (block_key, bytes) = entry.map_err(backend)?;
             let summary = Summary::decode(bytes.value())
                 .ok_or_else(|| StorageError::Corrupt("bad block summary".into()))?;
