@@ -314,6 +314,13 @@ impl PointBatch {
         self.qualities.extend_from_slice(&other.qualities);
     }
 
+    /// Room for `additional` more points in every column.
+    pub fn reserve(&mut self, additional: usize) {
+        self.timestamps.reserve(additional);
+        self.values.reserve(additional);
+        self.qualities.reserve(additional);
+    }
+
     /// Keeps the first `len` points.
     pub fn truncate(&mut self, len: usize) {
         self.timestamps.truncate(len);

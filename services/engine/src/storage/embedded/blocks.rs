@@ -662,22 +662,35 @@ impl ScanSnapshot {
             .map_err(backend)
     }
 
+    /// A block's points in range, with the head's points up to its last one
+    /// merged in and taken off `head`: what a scan yields for the block.
+    fn block_points(
+        &self,
+        block: &[u8],
+        head: &mut &[Versioned],
+    ) -> Result<PointBatch, StorageError> {
+        let mut batch = PointBatch::with_capacity(MAX_BLOCK_POINTS);
+        codec::decode_into(block, &mut batch).map_err(corrupt)?;
+        trim_to_range(&mut batch, self.range.start_ms, self.range.end_ms);
+        let Some(&last) = batch.timestamps.last() else {
+            return Ok(batch);
+        };
+        let merged_head = head.partition_point(|p| p.point.timestamp_ms <= last);
+        if merged_head > 0 {
+            batch = merge_for_read(block, batch, &head[..merged_head])?;
+            *head = &head[merged_head..];
+        }
+        Ok(batch)
+    }
+
     fn produce_batches(&self, sender: &Sender) -> Result<(), StorageError> {
-        let TimeRange { start_ms, end_ms } = self.range;
         let mut head = &self.head[..];
         let blocks = self.txn.open_table(BLOCKS).map_err(backend)?;
         for entry in self.entries(&blocks)? {
             let (_, block) = entry.map_err(backend)?;
-            let mut batch = PointBatch::with_capacity(MAX_BLOCK_POINTS);
-            codec::decode_into(block.value(), &mut batch).map_err(corrupt)?;
-            trim_to_range(&mut batch, start_ms, end_ms);
-            let Some(&last) = batch.timestamps.last() else {
+            let batch = self.block_points(block.value(), &mut head)?;
+            if batch.is_empty() {
                 continue;
-            };
-            let merged_head = head.partition_point(|p| p.point.timestamp_ms <= last);
-            if merged_head > 0 {
-                batch = merge_for_read(block.value(), batch, &head[..merged_head])?;
-                head = &head[merged_head..];
             }
             if sender.blocking_send(Ok(batch)).is_err() {
                 return Ok(());
@@ -708,42 +721,29 @@ impl ScanSnapshot {
                 return Ok(out);
             }
             let (_, block) = entry.map_err(backend)?;
-            let block_last = codec::header(block.value()).map_err(corrupt)?.last_ts;
-            let merged_head = head.partition_point(|p| p.point.timestamp_ms <= block_last);
-            if merged_head == 0 {
-                // The common case: decoded in place, then cut to the range
-                // (only the first block can start before it, only the last
-                // end after it).
-                let before = out.len();
-                let header = codec::decode_into(block.value(), &mut out).map_err(corrupt)?;
-                if before == 0 {
-                    trim_to_range(&mut out, start_ms, end_ms);
-                    // Room for the range at this block's density (up to the
-                    // limit), so the batch is not regrown and recopied.
-                    let span = (header.last_ts - header.first_ts).max(1) as f64;
-                    let rest = (end_ms as f64 - header.last_ts as f64).max(0.0);
-                    let expected = (header.count as f64 * rest / span * 1.05) as usize;
-                    let room = expected.min(limit.saturating_add(MAX_BLOCK_POINTS));
-                    out.timestamps.reserve(room);
-                    out.values.reserve(room);
-                    out.qualities.reserve(room);
-                } else {
-                    let keep = before + out.timestamps[before..].partition_point(|&t| t < end_ms);
-                    out.truncate(keep);
-                }
+            let header = codec::header(block.value()).map_err(corrupt)?;
+            if head
+                .first()
+                .is_some_and(|p| p.point.timestamp_ms <= header.last_ts)
+            {
+                // Head points fall in this block: merged as a scan does.
+                out.extend_from_batch(&self.block_points(block.value(), &mut head)?);
                 continue;
             }
-            let mut batch = PointBatch::with_capacity(MAX_BLOCK_POINTS);
-            codec::decode_into(block.value(), &mut batch).map_err(corrupt)?;
-            trim_to_range(&mut batch, start_ms, end_ms);
-            let batch = if batch.is_empty() {
-                batch
-            } else {
-                let merged = merge_for_read(block.value(), batch, &head[..merged_head])?;
-                head = &head[merged_head..];
-                merged
-            };
-            out.extend_from_batch(&batch);
+            // The common case: decoded in place, then cut to the range (only
+            // the first block can start before it, only the last end after
+            // it; the cut is two binary searches).
+            let first = out.is_empty();
+            codec::decode_into(block.value(), &mut out).map_err(corrupt)?;
+            trim_to_range(&mut out, start_ms, end_ms);
+            if first {
+                // Room for the range at this block's density (up to the
+                // limit), so the batch is not regrown and recopied.
+                let span = (header.last_ts - header.first_ts).max(1) as f64;
+                let rest = (end_ms as f64 - header.last_ts as f64).max(0.0);
+                let expected = (header.count as f64 * rest / span * 1.05) as usize;
+                out.reserve(expected.min(limit.saturating_add(MAX_BLOCK_POINTS)));
+            }
         }
         for point in head {
             out.push(point.point);
@@ -806,10 +806,7 @@ impl ScanSnapshot {
 
 /// Keeps the points in `[start_ms, end_ms)` of a sorted batch.
 pub fn trim_to_range(batch: &mut PointBatch, start_ms: i64, end_ms: i64) {
-    let end = batch.timestamps.partition_point(|&ts| ts < end_ms);
-    batch.timestamps.truncate(end);
-    batch.values.truncate(end);
-    batch.qualities.truncate(end);
+    batch.truncate(batch.timestamps.partition_point(|&ts| ts < end_ms));
     let start = batch.timestamps.partition_point(|&ts| ts < start_ms);
     if start > 0 {
         batch.timestamps.drain(..start);

@@ -204,9 +204,7 @@ pub fn decode_into(block: &[u8], out: &mut PointBatch) -> Result<BlockHeader, Co
         at: header.columns_at,
     };
     let start = out.len();
-    out.timestamps.reserve(n);
-    out.values.reserve(n);
-    out.qualities.reserve(n);
+    out.reserve(n);
     let decoded = decode_timestamps(&mut reader, header.first_ts, n, &mut out.timestamps)
         .and_then(|()| decode_values(&mut reader, n, &mut out.values))
         .and_then(|()| decode_qualities(&mut reader, n, &mut out.qualities))
@@ -224,9 +222,7 @@ pub fn decode_into(block: &[u8], out: &mut PointBatch) -> Result<BlockHeader, Co
         // Nothing of a bad block stays behind, and the columns stay the
         // same length (a failure midway left some columns longer; found
         // by fuzzing).
-        out.timestamps.truncate(start);
-        out.values.truncate(start);
-        out.qualities.truncate(start);
+        out.truncate(start);
         return Err(error);
     }
     Ok(header)
